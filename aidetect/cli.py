@@ -1,0 +1,215 @@
+"""The ``aidetect`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from aidetect.settings import get_settings
+
+
+def _cmd_data_import(args: argparse.Namespace) -> int:
+    from model.data import import_dataset
+
+    path = Path(args.path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or folder")
+    store = get_settings().open_store()
+    report = import_dataset(store, path, args.name, limit_per_class=args.limit_per_class, progress=_progress)
+    for name, reason in report.skipped[:50]:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    if len(report.skipped) > 50:
+        print(f"... and {len(report.skipped) - 50} more skipped", file=sys.stderr)
+    print(f"imported {report.taken} images into {report.name}@{report.version} ({len(report.skipped)} skipped)")
+    print(json.dumps(report.counts))
+    return 0
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from model.data import list_datasets, read_version_info
+
+    store = get_settings().open_store()
+    for name, versions in list_datasets(store).items():
+        for version in versions:
+            counts = read_version_info(store, name, version)["counts"]
+            total = sum(sum(c.values()) for c in counts.values())
+            print(f"{name}@{version}\t{total} images\t{json.dumps(counts)}")
+    return 0
+
+
+def _cmd_model_list(args: argparse.Namespace) -> int:
+    from model.registry import Registry
+
+    registry = Registry(get_settings().open_store())
+    live, _ = registry.alias(args.alias)
+    for version in registry.versions():
+        meta = registry.metadata(version)
+        accuracy = meta.get("metrics", {}).get("test", {}).get("accuracy")
+        verdict = "blessed" if meta.get("gate", {}).get("blessed") else "rejected"
+        marker = f"  <- {args.alias}" if live and live.version == version else ""
+        print(f"{version}\t{meta['config']['name']}\ttest accuracy {accuracy:.4f}\t{verdict}{marker}")
+    return 0
+
+
+def _cmd_model_show(args: argparse.Namespace) -> int:
+    from model.registry import Registry
+
+    print(json.dumps(Registry(get_settings().open_store()).metadata(args.version), indent=2))
+    return 0
+
+
+def _cmd_model_promote(args: argparse.Namespace) -> int:
+    from model.registry import Registry
+
+    record = Registry(get_settings().open_store()).promote(args.version, args.alias, reason=args.reason)
+    print(f"{args.alias} -> {record.version} (was {record.previous})")
+    return 0
+
+
+def _cmd_model_rollback(args: argparse.Namespace) -> int:
+    from model.registry import Registry
+
+    record = Registry(get_settings().open_store()).rollback(args.alias, reason=args.reason)
+    print(f"{args.alias} -> {record.version} (rolled back)")
+    return 0
+
+
+def _cmd_flow_retrain(args: argparse.Namespace) -> int:
+    from flows.retrain import retrain
+
+    result = retrain(
+        datasets=args.datasets or None,
+        architecture=args.architecture,
+        epochs=args.epochs,
+        max_train_images=args.max_train_images,
+        warm_start=not args.no_warm_start,
+    )
+    print(json.dumps({k: result[k] for k in ("version", "promoted", "verdict", "champion")}, indent=2))
+    return 0
+
+
+def _cmd_flow_gather(args: argparse.Namespace) -> int:
+    from flows.gather import gather_feedback
+
+    print(gather_feedback(dataset=args.dataset))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("serving.app:create_app", factory=True, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from aidetect.demo import run_demo
+
+    return run_demo(args)
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from aidetect.demo import stop_services
+
+    stopped = stop_services(Path(args.home) / "run")
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aidetect", description="A continuously retrained AI-image detector.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    imp = data.add_parser("import", help="import a folder or .tar.gz laid out as ai/ and real/")
+    imp.add_argument("path")
+    imp.add_argument("--name", required=True, help="dataset name (a new version is written)")
+    imp.add_argument("--limit-per-class", type=_positive_int, default=None, help="take at most N images per class")
+    imp.set_defaults(func=_cmd_data_import)
+    data.add_parser("list", help="dataset versions").set_defaults(func=_cmd_data_list)
+
+    mdl = commands.add_parser("model", help="the model registry").add_subparsers(dest="model_command", required=True)
+    lst = mdl.add_parser("list", help="registered versions")
+    lst.add_argument("--alias", default="production")
+    lst.set_defaults(func=_cmd_model_list)
+    show = mdl.add_parser("show", help="a version's metadata")
+    show.add_argument("version")
+    show.set_defaults(func=_cmd_model_show)
+    prm = mdl.add_parser("promote", help="point an alias at a version")
+    prm.add_argument("version")
+    prm.add_argument("--alias", default="production")
+    prm.add_argument("--reason", default="manual promotion")
+    prm.set_defaults(func=_cmd_model_promote)
+    rbk = mdl.add_parser("rollback", help="point an alias back at its previous version")
+    rbk.add_argument("--alias", default="production")
+    rbk.add_argument("--reason", default="manual rollback")
+    rbk.set_defaults(func=_cmd_model_rollback)
+
+    flw = commands.add_parser("flow", help="run a flow once").add_subparsers(dest="flow_command", required=True)
+    ret = flw.add_parser("retrain", help="train, validate, export, register and promote")
+    ret.add_argument("--datasets", nargs="*", help="name or name@version (default: latest of every dataset)")
+    ret.add_argument("--architecture", default="tiny")
+    ret.add_argument("--epochs", type=_positive_int, default=3)
+    ret.add_argument("--max-train-images", type=_positive_int, default=None)
+    ret.add_argument("--no-warm-start", action="store_true", help="train from scratch, not from the champion")
+    ret.set_defaults(func=_cmd_flow_retrain)
+    gat = flw.add_parser("gather-feedback", help="misclassified feedback -> a dataset version")
+    gat.add_argument("--dataset", default="feedback")
+    gat.set_defaults(func=_cmd_flow_gather)
+
+    srv = commands.add_parser("serve", help="run the HTTP service")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.set_defaults(func=_cmd_serve)
+
+    demo = commands.add_parser("demo", help="run the whole loop once on the embedded default")
+    demo.add_argument("--data", default="../shared/data/cifake-dev.tar.gz", help="base dataset (.tar.gz or folder)")
+    demo.add_argument("--newgen", default="../shared/data/newgen-dev.tar.gz", help="images from a new generator")
+    demo.add_argument("--epochs", type=_positive_int, default=3)
+    demo.add_argument("--max-train-images", type=_positive_int, default=20000)
+    demo.add_argument("--serve-port", type=int, default=8000)
+    demo.add_argument("--prefect-port", type=int, default=4200)
+    demo.set_defaults(func=_cmd_demo)
+    stop = commands.add_parser("stop", help="stop the services a demo left running")
+    stop.add_argument("--home", default=".aidetect/demo")
+    stop.set_defaults(func=_cmd_stop)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter drowns the progress lines; warnings still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from storage import StoreError
+
+    try:
+        result: Any = args.func(args)
+    except (UsageError, ValueError, FileNotFoundError, KeyError, StoreError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"aidetect: error: {message}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

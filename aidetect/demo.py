@@ -1,0 +1,225 @@
+"""``make demo``: the whole loop once, on the embedded default (local folder store, local Prefect).
+
+import CIFAKE -> retrain (v1, promoted) -> serve -> predict new-generator images -> feedback for
+the misclassified ones -> gather-feedback -> retrain (v2, promoted) -> serving answers with v2.
+The Prefect server and serving stay up afterwards (``make stop`` ends them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+
+from aidetect.settings import get_settings
+
+
+def say(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _wait_http(url: str, timeout: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}; see its log")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s")
+
+
+def _start(name: str, command: list[str], run_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    (run_dir / f"{name}.pid").write_text(str(process.pid))
+    return process
+
+
+def stop_services(run_dir: Path) -> list[str]:
+    """Stop what an earlier demo left running (its process groups)."""
+    stopped = []
+    for pid_file in sorted(run_dir.glob("*.pid")):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            stopped.append(pid_file.stem)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass
+        pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _labelled_images(archive: Path) -> list[tuple[str, str, bytes]]:
+    """(name, label, bytes) for every image under ai/ or real/ of an archive or folder."""
+    items = []
+    if archive.is_dir():
+        for path in sorted(archive.rglob("*.jpg")) + sorted(archive.rglob("*.png")):
+            label = next((p for p in path.parts if p in ("ai", "real")), None)
+            if label:
+                items.append((path.name, label, path.read_bytes()))
+        return items
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            parts = PurePosixPath(member.name).parts
+            label = next((p for p in parts if p in ("ai", "real")), None)
+            handle = tar.extractfile(member) if member.isfile() else None
+            if label and handle and not member.name.endswith(".csv"):
+                items.append((PurePosixPath(member.name).name, label, handle.read()))
+    return items
+
+
+def _predict_all(client: httpx.Client, images: list[tuple[str, str, bytes]]) -> list[dict[str, Any]]:
+    results = []
+    for name, label, data in images:
+        response = client.post("/v1/predict", files={"file": (name, data)})
+        response.raise_for_status()
+        results.append({**response.json(), "name": name, "truth": label, "data": data})
+    return results
+
+
+def _accuracy(results: list[dict[str, Any]]) -> float:
+    return sum(r["label"] == r["truth"] for r in results) / max(1, len(results))
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    data = Path(args.data)
+    if not data.exists():
+        print(
+            f"aidetect demo: no dataset at {data}. Pass one laid out as ai/ and real/ "
+            "(a folder or .tar.gz), e.g. `make demo DATA=/path/to/cifake-dev.tar.gz`.",
+            file=sys.stderr,
+        )
+        return 2
+    home = Path(os.environ.get("AIDETECT_HOME", ".aidetect/demo")).resolve()
+    run_dir = home / "run"
+    if run_dir.is_dir():
+        for name in stop_services(run_dir):
+            say(f"stopped {name} left by an earlier demo")
+    if home.exists():
+        shutil.rmtree(home)
+    run_dir.mkdir(parents=True)
+    os.environ["AIDETECT_HOME"] = str(home)
+    os.environ.pop("AIDETECT_STORE_URL", None)
+    get_settings.cache_clear()
+    settings = get_settings()
+    say(f"store: {settings.resolved_store_url}")
+
+    prefect_url = f"http://127.0.0.1:{args.prefect_port}"
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    say(f"starting the Prefect server on {prefect_url}")
+    prefect = _start(
+        "prefect",
+        [
+            str(Path(sys.executable).parent / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.prefect_port),
+        ],
+        run_dir,
+        env,
+    )
+    _wait_http(f"{prefect_url}/api/health", 120, "the Prefect server", prefect)
+    os.environ["PREFECT_API_URL"] = f"{prefect_url}/api"
+    os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]
+
+    from flows.gather import gather_feedback
+    from flows.retrain import retrain
+    from model.data import import_dataset
+
+    say(f"importing {data}")
+    report = import_dataset(settings.open_store(), data, "cifake", progress=say)
+    say(f"imported {report.taken} images as cifake@{report.version} ({len(report.skipped)} skipped)")
+
+    say(f"training v1 from scratch ({args.epochs} epochs, up to {args.max_train_images} training images)")
+    first = retrain(datasets=["cifake"], epochs=args.epochs, max_train_images=args.max_train_images, warm_start=False)
+    if not first["promoted"]:
+        say(f"v1 was not promoted: {first['verdict']['reasons']}")
+        return 1
+    v1 = first["version"]
+    say(f"v1 = {v1}, CIFAKE test accuracy {first['metrics']['by_dataset']['cifake']['accuracy']:.4f}")
+
+    port = args.serve_port
+    serve_url = f"http://127.0.0.1:{port}"
+    say(f"starting serving on {serve_url}")
+    serving = _start(
+        "serving",
+        [sys.executable, "-m", "aidetect.cli", "serve", "--port", str(port)],
+        run_dir,
+        {**env, "AIDETECT_ALIAS_POLL_SECONDS": "1"},
+    )
+    _wait_http(f"{serve_url}/readyz", 120, "serving", serving)
+
+    newgen = Path(args.newgen)
+    with httpx.Client(base_url=serve_url, timeout=60) as client:
+        if newgen.exists():
+            images = _labelled_images(newgen)
+            say(f"sending {len(images)} new-generator images from {newgen.name}")
+        else:
+            say(f"{newgen} not found: sending held-out CIFAKE images instead")
+            images = _labelled_images(data)[-200:]
+        before = _predict_all(client, images)
+        wrong = [r for r in before if r["label"] != r["truth"]]
+        say(f"v1 on these images: accuracy {_accuracy(before):.3f}; {len(wrong)} misclassified -> feedback")
+        for r in wrong:
+            client.post("/v1/feedback", data={"prediction_id": r["id"], "label": r["truth"]}).raise_for_status()
+
+        feedback_version = gather_feedback()
+        say(f"gathered feedback into feedback@{feedback_version}")
+
+        say("retraining v2 on cifake + feedback, warm-started from v1")
+        second = retrain(epochs=args.epochs, max_train_images=args.max_train_images)
+        v2 = second["version"]
+        say(
+            f"v2 = {v2}: {'promoted' if second['promoted'] else 'rejected: ' + '; '.join(second['verdict']['reasons'])}"
+        )
+        deadline = time.monotonic() + 60
+        live = client.get("/v1/model").json()["version"]
+        while second["promoted"] and live != v2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            live = client.get("/v1/model").json()["version"]
+        say(f"serving now answers with {live}")
+        after = _predict_all(client, images)
+
+    summary = {
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "v1": v1,
+        "v2": v2,
+        "v2_promoted": second["promoted"],
+        "serving_version": live,
+        "cifake_test_accuracy": {
+            "v1": first["metrics"]["by_dataset"]["cifake"]["accuracy"],
+            "v2": second["metrics"]["by_dataset"]["cifake"]["accuracy"],
+        },
+        "reported_images_accuracy": {"v1": _accuracy(before), "v2": _accuracy(after)},
+        "feedback_submitted": len(wrong),
+    }
+    (home / "demo-summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(
+        f"""
+Done in {summary["wall_seconds"]:.0f} s.
+  serving page   {serve_url}/   (API docs: {serve_url}/docs)
+  Prefect UI     {prefect_url}   (flow runs, logs and the retrain/gather artifacts)
+  artifacts      {settings.runs_dir}   (per run: model files, summary.json)
+  object store   {settings.resolved_store_url}
+Serving and the Prefect server keep running; `make stop` stops them.""",
+        flush=True,
+    )
+    return 0 if second["promoted"] and live == v2 else 1

@@ -1,0 +1,1 @@
+"""Feedback: users telling the system that an image is ai or real."""

@@ -1,0 +1,1 @@
+"""Everything that touches weights. Importing this package never imports TensorFlow."""

@@ -1,0 +1,56 @@
+"""ONNX export with tf2onnx (TensorFlow backend only), checked against Keras."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from model.architectures import OUTPUT_NAME, with_embedding
+from model.inference import OnnxModel
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+class ParityError(ValueError):
+    """The ONNX file does not reproduce the Keras model."""
+
+
+def export_onnx(model: keras.Model, path: Path, opset: int = OPSET) -> Path:
+    """Write ``model`` (with its embedding as a second output) to ``path`` as ONNX."""
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError("ONNX export needs KERAS_BACKEND=tensorflow (tf2onnx converts TF graphs)")
+    import tensorflow as tf
+    import tf2onnx
+
+    size = model.input_shape[1]
+    exported = with_embedding(model)
+    exported.output_names = [OUTPUT_NAME, "embedding"]
+    spec = [tf.TensorSpec((None, size, size, 3), tf.uint8, name="pixels")]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tf2onnx.convert.from_keras(exported, input_signature=spec, opset=opset, output_path=str(path))
+    return path
+
+
+def check_parity(
+    model: keras.Model, onnx_model: OnnxModel, pixels: np.ndarray, tolerance: float = PARITY_TOLERANCE
+) -> float:
+    """Max abs difference of P(ai) between Keras and onnxruntime on ``pixels``; raises above tolerance."""
+    expected = np.asarray(model.predict(pixels, verbose=0)).reshape(-1)
+    actual, _ = onnx_model.predict(pixels)
+    diff = float(np.max(np.abs(expected - actual)))
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ParityError(f"ONNX differs from Keras by {diff:.2e} (tolerance {tolerance:.0e})")
+    return diff
+
+
+def make_canaries(onnx_model: OnnxModel, sample: np.ndarray, n_noise: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """Canary inputs (real images + noise) with the outputs the exported file gives on them."""
+    rng = np.random.default_rng(seed)
+    size = onnx_model.image_size
+    noise = rng.integers(0, 256, size=(n_noise, size, size, 3), dtype=np.uint8)
+    inputs = np.concatenate([sample.astype(np.uint8), noise]) if len(sample) else noise
+    expected, _ = onnx_model.predict(inputs)
+    return {"inputs": inputs, "expected": expected.astype(np.float32)}

@@ -1,0 +1,195 @@
+"""Custom Keras 3 layers: backend-agnostic (keras.ops only) and exportable by tf2onnx.
+
+Every op here converts to plain ONNX: GELU is written with ``erf`` (Keras's ``gelu`` becomes
+``Erfc``, which tf2onnx cannot convert), the cyclic shift is two slices and a concat, and the
+window masks and relative-position indices are constants computed in numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+PACKAGE = "aidetect"
+
+
+def gelu(x: Any) -> Any:
+    """Exact GELU via erf (exports as ONNX Erf)."""
+    return 0.5 * x * (1.0 + ops.erf(x / math.sqrt(2.0)))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ImageNormalization(layers.Layer):
+    """uint8 (or 0..255 float) pixels -> (x/255 - mean) / std, inside the graph."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def call(self, inputs: Any) -> Any:
+        x = ops.cast(inputs, self.compute_dtype)
+        scale = ops.convert_to_tensor([1.0 / (255.0 * s) for s in self.std], dtype=self.compute_dtype)
+        offset = ops.convert_to_tensor(
+            [-m / s for m, s in zip(self.mean, self.std, strict=True)], dtype=self.compute_dtype
+        )
+        return x * scale + offset
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ToFloat(layers.Layer):
+    """Cast pixels to the compute dtype (for backbones that normalise internally)."""
+
+    def call(self, inputs: Any) -> Any:
+        return ops.cast(inputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+
+def _relative_position_index(window: int) -> np.ndarray:
+    coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
+    relative = coords[:, :, None] - coords[:, None, :]  # 2, N, N
+    relative = relative + (window - 1)
+    return (relative[0] * (2 * window - 1) + relative[1]).astype("int32")  # N, N
+
+
+def _shift_attention_mask(height: int, width: int, window: int, shift: int) -> np.ndarray:
+    """Additive mask (windows, N, N): -100 between tokens that were not neighbours before the shift."""
+    regions = np.zeros((height, width), dtype=np.int32)
+    label = 0
+    for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+        for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            regions[hs, ws] = label
+            label += 1
+    windows = regions.reshape(height // window, window, width // window, window)
+    windows = windows.transpose(0, 2, 1, 3).reshape(-1, window * window)
+    same = windows[:, :, None] == windows[:, None, :]
+    return np.where(same, 0.0, -100.0).astype("float32")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SwinBlock(layers.Layer):
+    """One Swin Transformer block on a (batch, H, W, C) map.
+
+    Window multi-head self-attention with a learned relative position bias, optionally on
+    windows shifted by ``shift`` (with the attention mask that keeps wrapped-around tokens
+    apart), followed by an MLP; both with pre-LayerNorm and residual connections.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: int,
+        shift: int = 0,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if not 0 <= shift < window:
+            raise ValueError(f"shift must be in [0, window), got shift={shift}, window={window}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.window = window
+        self.shift = shift
+        self.mlp_ratio = mlp_ratio
+        self.dropout = dropout
+        self.norm1 = layers.LayerNormalization(epsilon=1e-5, name="norm1")
+        self.qkv = layers.Dense(3 * dim, name="qkv")
+        self.proj = layers.Dense(dim, name="proj")
+        self.norm2 = layers.LayerNormalization(epsilon=1e-5, name="norm2")
+        self.fc1 = layers.Dense(int(dim * mlp_ratio), name="fc1")
+        self.fc2 = layers.Dense(dim, name="fc2")
+        self.drop = layers.Dropout(dropout)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _, height, width, channels = input_shape
+        if height is None or width is None or height % self.window or width % self.window:
+            raise ValueError(f"feature map {height}x{width} is not a multiple of window {self.window}")
+        if channels != self.dim:
+            raise ValueError(f"input has {channels} channels, block expects {self.dim}")
+        self.height, self.width = height, width
+        self.norm1.build(input_shape)
+        self.qkv.build((None, self.dim))
+        self.proj.build((None, self.dim))
+        self.norm2.build(input_shape)
+        self.fc1.build((None, self.dim))
+        self.fc2.build((None, int(self.dim * self.mlp_ratio)))
+        self.relative_bias_table = self.add_weight(
+            name="relative_bias_table",
+            shape=((2 * self.window - 1) ** 2, self.num_heads),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        )
+        self.relative_index = _relative_position_index(self.window).reshape(-1)
+        self.attention_mask = _shift_attention_mask(height, width, self.window, self.shift) if self.shift else None
+        super().build(input_shape)
+
+    def _roll(self, x: Any, shift: int) -> Any:
+        """Cyclic shift on H and W by ``shift`` (negative = towards the origin), via slices."""
+        h, w = self.height, self.width
+        sh, sw = shift % h, shift % w
+        x = ops.concatenate([x[:, h - sh :], x[:, : h - sh]], axis=1)
+        return ops.concatenate([x[:, :, w - sw :], x[:, :, : w - sw]], axis=2)
+
+    def _attention(self, windows: Any) -> Any:
+        tokens = self.window * self.window
+        head_dim = self.dim // self.num_heads
+        qkv = ops.reshape(self.qkv(windows), (-1, tokens, 3, self.num_heads, head_dim))
+        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B*, heads, N, hd)
+        attn = ops.matmul(q * (head_dim**-0.5), ops.transpose(k, (0, 1, 3, 2)))
+        bias = ops.take(self.relative_bias_table, self.relative_index, axis=0)
+        bias = ops.transpose(ops.reshape(bias, (tokens, tokens, self.num_heads)), (2, 0, 1))
+        attn = attn + ops.cast(bias, attn.dtype)[None]
+        if self.attention_mask is not None:
+            n_windows = self.attention_mask.shape[0]
+            attn = ops.reshape(attn, (-1, n_windows, self.num_heads, tokens, tokens))
+            attn = attn + ops.cast(self.attention_mask, attn.dtype)[None, :, None]
+            attn = ops.reshape(attn, (-1, self.num_heads, tokens, tokens))
+        attn = ops.softmax(attn, axis=-1)
+        out = ops.transpose(ops.matmul(attn, v), (0, 2, 1, 3))
+        return self.proj(ops.reshape(out, (-1, tokens, self.dim)))
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        h, w, win, c = self.height, self.width, self.window, self.dim
+        x = self.norm1(inputs)
+        if self.shift:
+            x = self._roll(x, -self.shift)
+        windows = ops.reshape(x, (-1, h // win, win, w // win, win, c))
+        windows = ops.reshape(ops.transpose(windows, (0, 1, 3, 2, 4, 5)), (-1, win * win, c))
+        attended = self._attention(windows)
+        x = ops.reshape(attended, (-1, h // win, w // win, win, win, c))
+        x = ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4, 5)), (-1, h, w, c))
+        if self.shift:
+            x = self._roll(x, self.shift)
+        x = inputs + self.drop(x, training=training)
+        y = self.fc2(self.drop(gelu(self.fc1(self.norm2(x))), training=training))
+        return x + self.drop(y, training=training)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "window": self.window,
+            "shift": self.shift,
+            "mlp_ratio": self.mlp_ratio,
+            "dropout": self.dropout,
+        }

@@ -1,0 +1,1 @@
+"""The FastAPI service: onnxruntime only, never TensorFlow."""

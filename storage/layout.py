@@ -1,0 +1,66 @@
+"""Where things live in the object store (see design.md, "Object store layout")."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime
+
+from storage.base import ObjectStore
+
+IMAGES = "images/"
+DATASETS = "datasets/"
+FEEDBACK = "feedback/"
+PREDICTIONS = "predictions/"
+MODELS = "models/"
+ALIASES = "registry/aliases/"
+EVENTS = "registry/events/"
+
+_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_version_id(now: datetime | None = None) -> str:
+    """A time-sortable, collision-resistant id: ``20261125T123456123456Z-1a2b3c``."""
+    now = now or utcnow()
+    return f"{now:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
+
+
+def image_extension(pil_format: str | None) -> str:
+    return _EXTENSIONS.get((pil_format or "").upper(), "bin")
+
+
+def image_key(sha256: str, ext: str) -> str:
+    return f"{IMAGES}{sha256}.{ext}"
+
+
+def put_image(store: ObjectStore, data: bytes, ext: str) -> tuple[str, str]:
+    """Store image bytes content-addressed; returns (sha256, key). Idempotent."""
+    sha = hashlib.sha256(data).hexdigest()
+    key = image_key(sha, ext)
+    if not store.exists(key):
+        store.put(key, data)
+    return sha, key
+
+
+def dataset_prefix(name: str, version: str) -> str:
+    return f"{DATASETS}{name}/{version}/"
+
+
+def feedback_key(created_at: datetime, feedback_id: str) -> str:
+    return f"{FEEDBACK}{created_at:%Y/%m/%d}/{feedback_id}.json"
+
+
+def model_prefix(version: str) -> str:
+    return f"{MODELS}{version}/"
+
+
+def alias_key(alias: str) -> str:
+    return f"{ALIASES}{alias}.json"
+
+
+def event_key(now: datetime, event_id: str) -> str:
+    return f"{EVENTS}{now:%Y%m%dT%H%M%S%fZ}-{event_id}.json"
