@@ -38,6 +38,7 @@ def decode_image(data: bytes) -> Image.Image:
         raise InvalidImage("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"corrupt or truncated image: {exc}") from None
+    source_format = image.format
     image = ImageOps.exif_transpose(image)
     if image.mode != "RGB":
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -45,6 +46,7 @@ def decode_image(data: bytes) -> Image.Image:
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, rgba)
         image = image.convert("RGB")
+    image.format = source_format  # transposing/converting drops it; callers name files by it
     return image
 
 

@@ -1,0 +1,81 @@
+"""Shared test helpers: free ports, waiting for HTTP, small images, the shared data folder."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import tarfile
+import time
+from pathlib import Path, PurePosixPath
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A file of ../shared/data: fails loudly in CI when absent, skips with a message elsewhere."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        message = f"{path} is missing: these tests need the shared data folder beside the checkout"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def extract_subset(archive: Path, dest: Path, per_class: int | None) -> Path:
+    """Extract up to ``per_class`` images of each class (and the manifest) into ``dest``."""
+    counts = {"ai": 0, "real": 0}
+    root = None
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            parts = PurePosixPath(member.name).parts
+            root = root or parts[0]
+            if not member.isfile():
+                continue
+            label = parts[1] if len(parts) > 2 else None
+            if label in counts:
+                if per_class is not None and counts[label] >= per_class:
+                    if all(n >= per_class for n in counts.values()):
+                        break
+                    continue
+                counts[label] += 1
+            tar.extract(member, dest, filter="data")
+    assert root is not None
+    return dest / root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout} s ({last})")
+
+
+def image_bytes(
+    size: tuple[int, int] = (32, 32), mode: str = "RGB", fmt: str = "JPEG", seed: int = 0, **save_args: object
+) -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "CMYK": 4, "LA": 2}[mode]
+    pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.registry import Registry
+from storage import LocalStore
+from tests.conftest import Trained
+
+
+def register_trained(registry: Registry, trained: Trained, canaries: dict[str, np.ndarray] | None = None) -> str:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **(canaries or trained.canaries))
+    return registry.register(
+        {"model.onnx": trained.onnx_path, "canaries.npz": buffer.getvalue()},
+        {"config": {"name": "tiny"}, "threshold": 0.5, "input_size": 32},
+    )
+
+
+@pytest.fixture
+def model_store(tmp_path: Path, trained_tiny: Trained) -> tuple[LocalStore, str]:
+    """A local store with the trained tiny model registered and promoted."""
+    store = LocalStore(tmp_path / "store")
+    registry = Registry(store)
+    version = register_trained(registry, trained_tiny)
+    registry.promote(version, reason="test")
+    return store, version
