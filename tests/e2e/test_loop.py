@@ -1,0 +1,137 @@
+"""The whole loop, real parts only, on the local-folder store and on S3 (moto's server).
+
+import CIFAKE subset -> retrain (v1 promoted) -> uvicorn serving -> predict new-generator
+images -> feedback for the misclassified -> gather-feedback -> retrain (v2) while a client
+keeps predicting -> serving moves to v2 without a restart and without a failed request.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aidetect.settings import get_settings
+from model.data import import_dataset
+from model.registry import Registry
+from tests.conftest import make_s3_store
+from tests.helpers import free_port, wait_http
+
+pytestmark = pytest.mark.slow
+
+
+def _images(folder: Path) -> list[tuple[str, str, bytes]]:
+    return [(p.name, p.parent.name, p.read_bytes()) for label in ("ai", "real") for p in sorted((folder / label).iterdir())]
+
+
+@pytest.fixture
+def serving_env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    kind = request.param
+    env = {"AIDETECT_HOME": str(tmp_path / "home"), "AIDETECT_ALIAS_POLL_SECONDS": "0.5"}
+    if kind == "s3":
+        store = make_s3_store(request.getfixturevalue("s3_endpoint"))
+        env |= {"AIDETECT_STORE_URL": store.url, "AIDETECT_S3_ENDPOINT_URL": store.client.meta.endpoint_url}
+    else:
+        env |= {"AIDETECT_STORE_URL": str(tmp_path / "store")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield env
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("serving_env", ["local", "s3"], indirect=True)
+def test_the_loop_end_to_end(
+    serving_env: dict[str, str], tmp_path: Path, cifake_folder: Path, newgen_folder: Path, prefect_api: None
+) -> None:
+    from flows.gather import gather_feedback
+    from flows.retrain import retrain
+
+    store = get_settings().open_store()
+    report = import_dataset(store, cifake_folder, "cifake")
+    assert report.taken == 1200
+
+    first = retrain(datasets=["cifake"], epochs=3, batch_size=32, warm_start=False)
+    assert first["promoted"], first["verdict"]
+    v1 = first["version"]
+
+    port = free_port()
+    log = open(tmp_path / "serving.log", "wb")  # noqa: SIM115
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **serving_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/readyz", timeout=90)
+        maps = Path(f"/proc/{server.pid}/maps").read_text()
+        assert "tensorflow" not in maps, "serving loaded TensorFlow"
+        with httpx.Client(base_url=base, timeout=30) as client:
+            assert client.get("/v1/model").json()["version"] == v1
+
+            wrong = 0
+            for name, truth, data in _images(newgen_folder):
+                prediction = client.post("/v1/predict", files={"file": (name, data)}).json()
+                assert prediction["model_version"] == v1
+                if prediction["label"] != truth:
+                    wrong += 1
+                    response = client.post("/v1/feedback", data={"prediction_id": prediction["id"], "label": truth})
+                    assert response.status_code == 201, response.text
+                    assert response.json()["misclassified"]
+            assert wrong > 10  # a CIFAKE-trained model meets a new generator
+
+            feedback_version = gather_feedback()
+            assert feedback_version is not None
+            assert gather_feedback() == feedback_version
+
+            # Keep predicting from another thread while v2 is trained and promoted.
+            probe = _images(cifake_folder)[0][2]
+            outcomes: list[tuple[int, str]] = []
+            failures: list[str] = []
+            stop = threading.Event()
+
+            def keep_predicting() -> None:
+                with httpx.Client(base_url=base, timeout=30) as probe_client:
+                    while not stop.is_set():
+                        try:
+                            r = probe_client.post("/v1/predict", files={"file": ("p.jpg", probe)})
+                            outcomes.append((r.status_code, r.json().get("model_version", "")))
+                            if r.status_code != 200:
+                                failures.append(r.text)
+                        except httpx.HTTPError as exc:
+                            failures.append(repr(exc))
+                        time.sleep(0.02)
+
+            thread = threading.Thread(target=keep_predicting)
+            thread.start()
+            try:
+                # The test split is small (~130 images): one image is ~0.8 points of accuracy.
+                second = retrain(epochs=2, batch_size=32, max_accuracy_drop=0.05)
+                assert second["promoted"], second["verdict"]
+                v2 = second["version"]
+                assert Registry(store).metadata(v2)["parent_version"] == v1
+                deadline = time.monotonic() + 30
+                while client.get("/v1/model").json()["version"] != v2 and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                time.sleep(1.0)  # a few more requests on the new model
+            finally:
+                stop.set()
+                thread.join(timeout=30)
+
+            assert client.get("/v1/model").json()["version"] == v2
+            assert failures == []
+            versions = [v for _, v in outcomes]
+            assert len(outcomes) > 20 and versions[0] == v1 and versions[-1] == v2
+            assert server.poll() is None  # the same process: no restart
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
