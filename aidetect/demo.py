@@ -219,6 +219,7 @@ Done in {summary["wall_seconds"]:.0f} s.
   Prefect UI     {prefect_url}   (flow runs, logs and the retrain/gather artifacts)
   artifacts      {settings.runs_dir}   (per run: model files, summary.json)
   object store   {settings.resolved_store_url}
+  the registry   AIDETECT_HOME={home} .venv/bin/aidetect model list
 Serving and the Prefect server keep running; `make stop` stops them.""",
         flush=True,
     )

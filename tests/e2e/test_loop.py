@@ -28,11 +28,15 @@ pytestmark = pytest.mark.slow
 
 
 def _images(folder: Path) -> list[tuple[str, str, bytes]]:
-    return [(p.name, p.parent.name, p.read_bytes()) for label in ("ai", "real") for p in sorted((folder / label).iterdir())]
+    return [
+        (p.name, p.parent.name, p.read_bytes()) for label in ("ai", "real") for p in sorted((folder / label).iterdir())
+    ]
 
 
 @pytest.fixture
-def serving_env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def serving_env(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
     kind = request.param
     env = {"AIDETECT_HOME": str(tmp_path / "home"), "AIDETECT_ALIAS_POLL_SECONDS": "0.5"}
     if kind == "s3":
@@ -65,7 +69,17 @@ def test_the_loop_end_to_end(
     port = free_port()
     log = open(tmp_path / "serving.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "serving.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env={**os.environ, **serving_env},
         stdout=log,
         stderr=subprocess.STDOUT,
