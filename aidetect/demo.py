@@ -14,9 +14,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,23 +61,11 @@ def stop_services(run_dir: Path) -> list[str]:
     return stopped
 
 
-def _labelled_images(archive: Path) -> list[tuple[str, str, bytes]]:
+def _labelled_images(source: Path) -> list[tuple[str, str, bytes]]:
     """(name, label, bytes) for every image under ai/ or real/ of an archive or folder."""
-    items = []
-    if archive.is_dir():
-        for path in sorted(archive.rglob("*.jpg")) + sorted(archive.rglob("*.png")):
-            label = next((p for p in path.parts if p in ("ai", "real")), None)
-            if label:
-                items.append((path.name, label, path.read_bytes()))
-        return items
-    with tarfile.open(archive, "r:*") as tar:
-        for member in tar:
-            parts = PurePosixPath(member.name).parts
-            label = next((p for p in parts if p in ("ai", "real")), None)
-            handle = tar.extractfile(member) if member.isfile() else None
-            if label and handle and not member.name.endswith(".csv"):
-                items.append((PurePosixPath(member.name).name, label, handle.read()))
-    return items
+    from model.data import SourceImage, iter_source
+
+    return [(Path(i.path).name, i.label, i.data) for i in iter_source(source) if isinstance(i, SourceImage)]
 
 
 def _predict_all(client: httpx.Client, images: list[tuple[str, str, bytes]]) -> list[dict[str, Any]]:

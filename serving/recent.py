@@ -11,6 +11,7 @@ from dataclasses import dataclass
 class RecentPrediction:
     id: str
     image: bytes
+    image_ext: str
     label: str
     probability: float
     model_version: str

@@ -91,9 +91,9 @@ async def predict(
 ) -> PredictionOut:
     started = time.perf_counter()
     data = await _read_upload(file, settings.max_upload_bytes)
-    label, probability, _ = await _score_or_400(live, data)
+    label, probability, ext = await _score_or_400(live, data)
     prediction_id = secrets.token_hex(8)
-    recent.add(RecentPrediction(prediction_id, data, label, probability, live.version))
+    recent.add(RecentPrediction(prediction_id, data, ext, label, probability, live.version))
     return PredictionOut(
         id=prediction_id,
         label=label,  # type: ignore[arg-type]
@@ -124,22 +124,24 @@ async def submit_feedback(
         )
     if known is None and file is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "send a prediction_id or the image file")
+    predicted: str | None = None
+    score: float | None = None
+    version: str | None = None
     if known is not None:
-        data, predicted, score, version = known.image, known.label, known.probability, known.model_version
-        ext = await asyncio.to_thread(lambda: image_extension(decode_image(data).format))
+        data, ext = known.image, known.image_ext
+        predicted, score, version = known.label, known.probability, known.model_version
     else:
         assert file is not None
         data = await _read_upload(file, settings.max_upload_bytes)
         live = holder.current
-        if live is not None:
+        if live is not None:  # record what the live model says about it
             predicted, score, ext = await _score_or_400(live, data)
-            version: str | None = live.version
+            version = live.version
         else:
             try:
                 ext = await asyncio.to_thread(lambda: image_extension(decode_image(data).format))
             except InvalidImage as exc:
                 raise HTTPException(status.HTTP_400_BAD_REQUEST, f"cannot read the image: {exc}") from None
-            predicted, score, version = None, None, None  # type: ignore[assignment]
     client = request.client.host if request.client else "unknown"
 
     def persist() -> FeedbackRecord:
