@@ -24,6 +24,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 stop:
 	$(BIN)/aidetect stop

@@ -176,7 +176,7 @@ def register(
     metadata: dict[str, Any],
 ) -> str:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **canaries)
+    np.savez_compressed(buffer, inputs=canaries["inputs"], expected=canaries["expected"])
     files: dict[str, Path | bytes] = {
         ONNX_FILE: onnx_path,
         KERAS_FILE: trained.keras_path,
@@ -209,12 +209,9 @@ def _report(
         theirs = f"{champion[key]:.4f}" if champion else "-"
         rows.append(f"| {key} | {challenger[key]:.4f} | {theirs} |")
     for name, metrics in challenger["by_dataset"].items():
-        theirs = champion["by_dataset"].get(name) if champion else None
-        rows.append(
-            f"| accuracy on {name} | {metrics['accuracy']:.4f} | {theirs['accuracy']:.4f} |"
-            if theirs
-            else f"| accuracy on {name} | {metrics['accuracy']:.4f} | - |"
-        )
+        other = champion["by_dataset"].get(name) if champion else None
+        theirs = f"{other['accuracy']:.4f}" if other else "-"
+        rows.append(f"| accuracy on {name} | {metrics['accuracy']:.4f} | {theirs} |")
     status = "**blessed**" if verdict.blessed else "**rejected**: " + "; ".join(verdict.reasons)
     return f"# Retrain: {version}\n\nChampion: `{champion_version or 'none'}`. Verdict: {status}\n\n" + "\n".join(rows)
 

@@ -123,8 +123,8 @@ def _iter_tar(archive: Path) -> Iterator[SourceImage | tuple[str, str]]:
                 handle = tar.extractfile(member)
                 if handle is not None:
                     top = str(PurePosixPath(member.name).parent)
-                    for rel, row in _read_manifest_csv(handle.read().decode()).items():
-                        manifest[f"{top}/{rel}" if top != "." else rel] = row
+                    for row_path, row in _read_manifest_csv(handle.read().decode()).items():
+                        manifest[f"{top}/{row_path}" if top != "." else row_path] = row
                 break
     with tarfile.open(archive, "r|*") as tar:
         for member in tar:

@@ -72,8 +72,8 @@ def _shift_attention_mask(height: int, width: int, window: int, shift: int) -> n
         for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
             regions[hs, ws] = label
             label += 1
-    windows = regions.reshape(height // window, window, width // window, window)
-    windows = windows.transpose(0, 2, 1, 3).reshape(-1, window * window)
+    blocks = regions.reshape(height // window, window, width // window, window)
+    windows = blocks.transpose(0, 2, 1, 3).reshape(-1, window * window)
     same = windows[:, :, None] == windows[:, None, :]
     return np.where(same, 0.0, -100.0).astype("float32")
 

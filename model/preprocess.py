@@ -25,7 +25,7 @@ def decode_image(data: bytes) -> Image.Image:
     if not data:
         raise InvalidImage("empty file")
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > MAX_PIXELS:
             raise InvalidImage(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ class S3Store(ObjectStore):
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         with _translated(key):
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return response["Body"].read(), response["ETag"]
+            body = response["Body"].read()
+        return body, str(response["ETag"])
 
     def put(
         self,
@@ -104,31 +106,23 @@ class S3Store(ObjectStore):
                 self.client.create_bucket(Bucket=self.bucket)
 
 
-class _translated:
+@contextmanager
+def _translated(key: str) -> Iterator[None]:
     """Map botocore errors onto the store's error types."""
+    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, EndpointConnectionError
 
-    def __init__(self, key: str):
-        self.key = key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None:
-            return False
-        from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, EndpointConnectionError
-
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-                raise NotFound(self.key) from exc
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-                raise PreconditionFailed(f"{self.key}: {error.get('Message', code)}") from exc
-            return False
-        if isinstance(exc, (EndpointConnectionError, ConnectionError)):
-            raise StoreUnavailable(f"object store unreachable: {exc}") from exc
-        if isinstance(exc, BotoCoreError):
-            raise StoreUnavailable(f"object store error: {exc}") from exc
-        return False
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            raise NotFound(key) from exc
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            raise PreconditionFailed(f"{key}: {error.get('Message', code)}") from exc
+        raise
+    except (EndpointConnectionError, ConnectionError) as exc:
+        raise StoreUnavailable(f"object store unreachable: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StoreUnavailable(f"object store error: {exc}") from exc
