@@ -1,4 +1,9 @@
-"""EfficientNet backbone + Swin head, built from a ModelConfig."""
+"""Backbones and heads, assembled from a ModelConfig.
+
+Backbones: a small EfficientNet-style MBConv stack (``tiny-effnet``) or a keras.applications
+network (EfficientNetB0/B5, EfficientNetV2S, ConvNeXtTiny). Heads: Swin stages (shifted-window
+attention with relative position bias, patch merging between stages) or plain pooling.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from typing import Any
 import keras
 from keras import layers
 
-from model.config import ModelConfig
-from model.layers import ImageNormalization, SwinBlock, ToFloat
+from model.config import KERAS_BACKBONES, ModelConfig
+from model.layers import ImageNormalization, PatchMerging, SwinBlock, ToFloat
 
 EMBEDDING_LAYER = "embedding"
 OUTPUT_NAME = "p_ai"
@@ -51,48 +56,76 @@ def _tiny_effnet(pixels: Any, config: ModelConfig) -> Any:
     return x
 
 
-def _efficientnetb0(pixels: Any, config: ModelConfig, weights: str | None) -> Any:
-    # keras.applications' EfficientNet rescales and normalises 0..255 input itself.
-    x = ToFloat(name="to_float")(pixels)
-    backbone = keras.applications.EfficientNetB0(
-        include_top=False,
-        weights=weights,
-        input_shape=(config.image_size, config.image_size, 3),
-    )
-    features = keras.Model(backbone.input, backbone.get_layer("block5c_add").output, name="efficientnetb0")
-    return features(x)
+def _keras_backbone(pixels: Any, config: ModelConfig, weights: str | None) -> Any:
+    """A keras.applications network, read at ``feature_stride`` for a Swin head (its end otherwise)."""
+    size = config.image_size
+    constructor = getattr(keras.applications, KERAS_BACKBONES[config.backbone])
+    network = constructor(include_top=False, weights=weights, input_shape=(size, size, 3))
+    output = network.output
+    if config.head == "swin" and config.feature_stride != 32:
+        side = size // config.feature_stride
+        matching = [layer for layer in network.layers if _spatial_side(layer) == side]
+        if not matching:
+            raise ValueError(f"{config.backbone} has no feature map at stride {config.feature_stride}")
+        output = matching[-1].output
+    features = keras.Model(network.input, output, name=config.backbone)
+    # These networks rescale and normalise 0..255 input themselves.
+    return features(ToFloat(name="to_float")(pixels))
+
+
+def _spatial_side(layer: keras.layers.Layer) -> int | None:
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError):
+        return None
+    return shape[1] if len(shape) == 4 else None
+
+
+def _window_for(side: int, wanted: int) -> int:
+    """The largest window up to ``wanted`` that tiles a ``side``-wide map."""
+    return max(w for w in range(1, min(wanted, side) + 1) if side % w == 0)
+
+
+def _swin_head(features: Any, config: ModelConfig) -> Any:
+    x = layers.Conv2D(config.swin_dim, 1, name="swin_embed")(features)
+    dim = config.swin_dim
+    heads = config.swin_heads
+    for stage, depth in enumerate(config.swin_stages):
+        if stage:
+            x = PatchMerging(dim, name=f"swin_merge{stage}")(x)
+            dim, heads = dim * 2, heads * 2
+        side = x.shape[1]
+        window = _window_for(side, config.swin_window)
+        for i in range(depth):
+            # Alternate regular and shifted windows; a window covering the map cannot shift.
+            shift = window // 2 if (i % 2 == 1 and window < side) else 0
+            x = SwinBlock(
+                dim,
+                heads,
+                window,
+                shift=shift,
+                mlp_ratio=config.mlp_ratio,
+                dropout=config.dropout,
+                name=f"swin{stage}_{i}",
+            )(x)
+    return layers.LayerNormalization(epsilon=1e-5, name="swin_norm")(x)
 
 
 def build_model(config: ModelConfig, weights: str | Path | None = None) -> keras.Model:
     """The detector: uint8 ``(size, size, 3)`` pixels -> P(ai).
 
-    ``weights``: None (random init), ``"imagenet"`` (backbone, where keras can download it),
-    or a path to a ``.weights.h5`` / ``.keras`` file of this architecture.
+    ``weights``: None (random init), ``"imagenet"`` (the backbone's, where keras can download
+    them), or a path to a ``.weights.h5`` / ``.keras`` file of this architecture.
     """
     size = config.image_size
     pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
-    backbone_weights = "imagenet" if weights == "imagenet" else None
     if config.backbone == "tiny-effnet":
+        if weights == "imagenet":
+            raise ValueError("the tiny backbone has no ImageNet weights")
         features = _tiny_effnet(pixels, config)
-    elif config.backbone == "efficientnetb0":
-        features = _efficientnetb0(pixels, config, backbone_weights)
     else:
-        raise ValueError(f"unknown backbone {config.backbone!r}")
-
-    x = layers.Conv2D(config.swin_dim, 1, name="swin_embed")(features)
-    window = min(config.swin_window, x.shape[1], x.shape[2])
-    for i in range(config.swin_blocks):
-        shift = window // 2 if (i % 2 == 1 and window < x.shape[1]) else 0
-        x = SwinBlock(
-            config.swin_dim,
-            config.swin_heads,
-            window,
-            shift=shift,
-            mlp_ratio=config.mlp_ratio,
-            dropout=config.dropout,
-            name=f"swin{i}",
-        )(x)
-    x = layers.LayerNormalization(epsilon=1e-5, name="swin_norm")(x)
+        features = _keras_backbone(pixels, config, "imagenet" if weights == "imagenet" else None)
+    x = _swin_head(features, config) if config.head == "swin" else features
     embedding = layers.GlobalAveragePooling2D(name=EMBEDDING_LAYER)(x)
     x = layers.Dropout(config.dropout, name="head_dropout")(embedding)
     output = layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)

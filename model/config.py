@@ -1,4 +1,8 @@
-"""Architecture presets: a name -> settings registry, stored with every model version."""
+"""Architectures by name: a name -> settings registry, stored with every model version.
+
+The settings travel in the model's metadata (``config``), so a version can always be rebuilt
+and fed exactly as it was trained: input size, normalisation, backbone, head.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +12,44 @@ from typing import Any
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# keras.applications backbones (they rescale/normalise 0..255 input themselves)
+KERAS_BACKBONES = {
+    "efficientnetb0": "EfficientNetB0",
+    "efficientnetb5": "EfficientNetB5",
+    "efficientnetv2s": "EfficientNetV2S",
+    "convnexttiny": "ConvNeXtTiny",
+}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """What is needed to rebuild a network and to feed it (image size, normalisation)."""
+    """What is needed to rebuild a network and to feed it."""
 
     name: str
-    backbone: str  # "tiny-effnet" (MBConv stack built here) or "efficientnetb0" (keras.applications)
+    backbone: str  # "tiny-effnet" (the MBConv stack in architectures.py) or a KERAS_BACKBONES key
     image_size: int
+    head: str = "swin"  # "swin": Swin stages on the feature map; "pool": global pooling only
     # tiny-effnet: (output channels, stride, expand ratio) per MBConv block
     blocks: tuple[tuple[int, int, int], ...] = ()
     stem_channels: int = 16
+    feature_stride: int = 16  # where the Swin head reads the backbone (keras backbones)
     swin_dim: int = 64
     swin_heads: int = 2
-    swin_window: int = 4
-    swin_blocks: int = 2  # pairs alternate regular and shifted windows
+    swin_window: int = 4  # the largest divisor of the feature map side up to this is used
+    swin_stages: tuple[int, ...] = (2,)  # blocks per stage; 2x2 patch merging between stages
     mlp_ratio: float = 2.0
     dropout: float = 0.1
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        if self.head not in ("swin", "pool"):
+            raise ValueError(f"head must be 'swin' or 'pool', got {self.head!r}")
+        if self.backbone != "tiny-effnet" and self.backbone not in KERAS_BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,15 +58,15 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         data = dict(data)
         data["blocks"] = tuple(tuple(b) for b in data.get("blocks", ()))
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "swin_stages"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # For tests and CPU runs: 32x32 input (CIFAKE's size), a few MBConv blocks to stride 4,
-    # then two Swin blocks (regular + shifted 4x4 windows) on the 8x8 feature map.
+    # For tests and CPU runs: 32x32 input (CIFAKE's size), MBConv blocks to stride 4, then
+    # one Swin stage (regular + shifted 4x4 windows) on the 8x8 feature map.
     "tiny": ModelConfig(
         name="tiny",
         backbone="tiny-effnet",
@@ -54,25 +76,46 @@ PRESETS: dict[str, ModelConfig] = {
         swin_dim=64,
         swin_heads=2,
         swin_window=4,
-        swin_blocks=2,
+        swin_stages=(2,),
     ),
-    # EfficientNetB0 backbone cut at stride 16 (14x14 at 224 px), Swin blocks with 7x7 windows.
+    # The production hybrid: EfficientNetB5 read at stride 16, two Swin stages (stride 16 and,
+    # after patch merging, 32) with shifted windows and relative position bias.
+    "effnet-b5-swin": ModelConfig(
+        name="effnet-b5-swin",
+        backbone="efficientnetb5",
+        image_size=384,
+        feature_stride=16,
+        swin_dim=256,
+        swin_heads=8,
+        swin_window=7,
+        swin_stages=(2, 2),
+        mlp_ratio=4.0,
+        dropout=0.2,
+    ),
     "effnet-b0-swin": ModelConfig(
         name="effnet-b0-swin",
         backbone="efficientnetb0",
         image_size=224,
+        feature_stride=16,
         swin_dim=192,
         swin_heads=6,
         swin_window=7,
-        swin_blocks=2,
+        swin_stages=(2,),
         mlp_ratio=4.0,
         dropout=0.2,
     ),
+    # Plain backbones with a pooled head: baselines and alternatives.
+    "effnet-b0": ModelConfig(name="effnet-b0", backbone="efficientnetb0", image_size=224, head="pool", dropout=0.2),
+    "effnetv2s": ModelConfig(name="effnetv2s", backbone="efficientnetv2s", image_size=384, head="pool", dropout=0.2),
+    "convnext-tiny": ModelConfig(
+        name="convnext-tiny", backbone="convnexttiny", image_size=224, head="pool", dropout=0.2
+    ),
+    "effnet-b5": ModelConfig(name="effnet-b5", backbone="efficientnetb5", image_size=384, head="pool", dropout=0.2),
 }
 
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
-    """A preset by name, optionally with some fields replaced (e.g. ``image_size``)."""
+    """A preset by name, optionally with some fields replaced (e.g. ``image_size=224``)."""
     if name not in PRESETS:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(PRESETS))}")
     config = PRESETS[name]

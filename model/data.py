@@ -327,13 +327,53 @@ def read_version_info(store: ObjectStore, name: str, version: str) -> dict[str, 
 
 
 @dataclass
+class ImageSet:
+    """Encoded images of a split with their labels; decoded on demand (training) or at once."""
+
+    images: list[bytes]
+    y: np.ndarray  # float32, 1 = ai
+    sha256: list[str]
+    dataset: list[str]  # the dataset each image came from (for per-dataset metrics)
+    generator: list[str]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def ai_share(self) -> float:
+        return float(self.y.mean()) if len(self.y) else 0.5
+
+    def subset(self, index: np.ndarray) -> ImageSet:
+        return ImageSet(
+            [self.images[i] for i in index],
+            self.y[index],
+            [self.sha256[i] for i in index],
+            [self.dataset[i] for i in index],
+            [self.generator[i] for i in index],
+        )
+
+    def decode(self, size: int, workers: int = 4) -> ArrayData:
+        """Every image through the shared preprocessing, to ``(n, size, size, 3)`` uint8."""
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pixels = list(pool.map(lambda data: preprocess(data, size), self.images))
+        return ArrayData(
+            np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8),
+            self.y,
+            self.sha256,
+            self.dataset,
+            self.generator,
+        )
+
+
+@dataclass
 class ArrayData:
     """Decoded images ready for a network: x uint8 (n, size, size, 3), y float32 (1 = ai)."""
 
     x: np.ndarray
     y: np.ndarray
     sha256: list[str]
-    dataset: list[str]  # the dataset each image came from (for per-dataset metrics)
+    dataset: list[str]
+    generator: list[str]
 
     def __len__(self) -> int:
         return len(self.y)
@@ -344,20 +384,58 @@ class ArrayData:
 
     def subset(self, index: np.ndarray) -> ArrayData:
         return ArrayData(
-            self.x[index], self.y[index], [self.sha256[i] for i in index], [self.dataset[i] for i in index]
+            self.x[index],
+            self.y[index],
+            [self.sha256[i] for i in index],
+            [self.dataset[i] for i in index],
+            [self.generator[i] for i in index],
         )
 
-    @staticmethod
-    def concat(parts: list[ArrayData], size: int) -> ArrayData:
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return ArrayData(np.zeros((0, size, size, 3), np.uint8), np.zeros((0,), np.float32), [], [])
-        return ArrayData(
-            np.concatenate([p.x for p in parts]),
-            np.concatenate([p.y for p in parts]),
-            [s for p in parts for s in p.sha256],
-            [s for p in parts for s in p.dataset],
-        )
+
+def load_images(
+    store: ObjectStore,
+    refs: list[str],
+    split: str,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+) -> ImageSet:
+    """One split of several dataset versions, de-duplicated by content, still encoded.
+
+    ``limit`` caps each dataset at a class-balanced random subset of that many images.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+    seen: set[str] = set()
+    chosen: list[tuple[str, float, str, str, bytes]] = []  # sha256, label, dataset, generator, bytes
+    for ref in refs:
+        name, version = resolve(store, ref)
+        info = read_version_info(store, name, version)
+        rows: list[tuple[str, float, str, str, bytes]] = []
+        for shard in info["shards"]:
+            if not PurePosixPath(shard).name.startswith(f"{split}-"):
+                continue
+            table = pq.read_table(io.BytesIO(store.get(f"{dataset_prefix(name, version)}{shard}")))
+            for sha, label, generator, data in zip(
+                table["sha256"].to_pylist(),
+                table["label"].to_pylist(),
+                table["generator"].to_pylist(),
+                table["data"].to_pylist(),
+                strict=True,
+            ):
+                if sha not in seen:
+                    seen.add(sha)
+                    rows.append((sha, 1.0 if label == "ai" else 0.0, name, generator or "", data))
+        if limit is not None and len(rows) > limit:
+            rows = [rows[i] for i in _balanced_subset(np.asarray([r[1] for r in rows]), limit, seed)]
+        chosen.extend(rows)
+    return ImageSet(
+        [r[4] for r in chosen],
+        np.asarray([r[1] for r in chosen], dtype=np.float32),
+        [r[0] for r in chosen],
+        [r[2] for r in chosen],
+        [r[3] for r in chosen],
+    )
 
 
 def load_split(
@@ -368,41 +446,9 @@ def load_split(
     *,
     limit: int | None = None,
     seed: int = 0,
-    workers: int = 4,
 ) -> ArrayData:
-    """Decode one split of several dataset versions (de-duplicated by content) to arrays.
-
-    ``limit`` caps each dataset at a class-balanced random subset of that many images.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}")
-    seen: set[str] = set()
-    chosen: list[tuple[str, float, str, bytes]] = []  # sha256, label, dataset, image bytes
-    for ref in refs:
-        name, version = resolve(store, ref)
-        info = read_version_info(store, name, version)
-        rows: list[tuple[str, float, str, bytes]] = []
-        for shard in info["shards"]:
-            if not PurePosixPath(shard).name.startswith(f"{split}-"):
-                continue
-            table = pq.read_table(io.BytesIO(store.get(f"{dataset_prefix(name, version)}{shard}")))
-            for sha, label, data in zip(
-                table["sha256"].to_pylist(), table["label"].to_pylist(), table["data"].to_pylist(), strict=True
-            ):
-                if sha not in seen:
-                    seen.add(sha)
-                    rows.append((sha, 1.0 if label == "ai" else 0.0, name, data))
-        if limit is not None and len(rows) > limit:
-            rows = [rows[i] for i in _balanced_subset(np.asarray([r[1] for r in rows]), limit, seed)]
-        chosen.extend(rows)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pixels = list(pool.map(lambda row: preprocess(row[3], size), chosen))
-    return ArrayData(
-        np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8),
-        np.asarray([r[1] for r in chosen], dtype=np.float32),
-        [r[0] for r in chosen],
-        [r[2] for r in chosen],
-    )
+    """``load_images`` decoded at ``size`` (for validation, testing and small training sets)."""
+    return load_images(store, refs, split, limit=limit, seed=seed).decode(size)
 
 
 def _balanced_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
@@ -419,7 +465,7 @@ def _balanced_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(index)
 
 
-def oversample_small_datasets(data: ArrayData, min_share: float, seed: int = 0) -> ArrayData:
+def oversample_small_datasets(data: ImageSet, min_share: float, seed: int = 0) -> ImageSet:
     """Repeat the images of any dataset below ``min_share`` of the whole until it reaches it.
 
     A few dozen feedback images beside tens of thousands of base images would otherwise

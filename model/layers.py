@@ -193,3 +193,36 @@ class SwinBlock(layers.Layer):
             "mlp_ratio": self.mlp_ratio,
             "dropout": self.dropout,
         }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PatchMerging(layers.Layer):
+    """Swin's downsampling between stages: concatenate 2x2 neighbours, LayerNorm, project to 2C."""
+
+    def __init__(self, dim: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.norm = layers.LayerNormalization(epsilon=1e-5, name="norm")
+        self.reduction = layers.Dense(2 * dim, use_bias=False, name="reduction")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _, height, width, channels = input_shape
+        if height is None or width is None or height % 2 or width % 2:
+            raise ValueError(f"patch merging needs an even feature map, got {height}x{width}")
+        self.height, self.width = height, width
+        self.norm.build((None, 4 * self.dim))
+        self.reduction.build((None, 4 * self.dim))
+        super().build(input_shape)
+
+    def call(self, inputs: Any) -> Any:
+        h, w, c = self.height, self.width, self.dim
+        x = ops.reshape(inputs, (-1, h // 2, 2, w // 2, 2, c))
+        x = ops.reshape(ops.transpose(x, (0, 1, 3, 4, 2, 5)), (-1, h // 2, w // 2, 4 * c))
+        return self.reduction(self.norm(x))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        batch, height, width, _ = input_shape
+        return (batch, None if height is None else height // 2, None if width is None else width // 2, 2 * self.dim)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "dim": self.dim}

@@ -1,23 +1,33 @@
-"""Training: backend-agnostic Keras 3 (TensorFlow here, JAX on GPU machines)."""
+"""Training: backend-agnostic Keras 3 (TensorFlow here, JAX on GPU machines).
+
+The input pipeline needs no TensorFlow: ``ImageBatches`` decodes and augments the encoded
+images of a dataset version in worker threads (numpy + Pillow), one batch at a time.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
 from model.architectures import build_model
+from model.augment import AugmentConfig, augment
 from model.config import ModelConfig
-from model.data import ArrayData
+from model.data import ArrayData, ImageSet
 from model.loss import FairnessBCE
 from model.metrics import binary_metrics
+from model.preprocess import decode_image, to_model_input
 
 Log = Callable[[str], None]
+CHECKPOINT = "checkpoint.keras"
+CHECKPOINT_STATE = "checkpoint.json"
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,11 @@ class TrainConfig:
     alpha: float = 0.1
     beta: float | None = None  # None: the training set's AI share
     seed: int = 0
+    augment: dict[str, Any] | None = field(default_factory=dict)  # AugmentConfig fields; None: off
+    patience: int = 3  # early stopping: epochs without a better validation F1
+    precision: str = "float32"  # or "mixed_bfloat16" / "mixed_float16" (test before relying on it)
+    workers: int = 2  # threads decoding and augmenting batches
+    progress: bool = False  # Keras progress bar (per-epoch lines are always logged)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,32 +58,51 @@ class TrainResult:
     val_metrics: dict[str, float] = field(default_factory=dict)
     beta: float = 0.5
     seconds: float = 0.0
+    stopped_early: bool = False
 
 
-class ArrayBatches(keras.utils.PyDataset):
-    """Shuffled mini-batches from in-memory arrays, with cheap augmentation outside the graph."""
+class ImageBatches(keras.utils.PyDataset):
+    """Shuffled mini-batches decoded (and augmented) from encoded images, in worker threads.
 
-    def __init__(self, data: ArrayData, batch_size: int, *, augment: bool, seed: int, **kwargs: Any):
-        super().__init__(**kwargs)
+    Each image's randomness comes from (seed, epoch, index), so batches are reproducible
+    whatever thread builds them.
+    """
+
+    def __init__(
+        self,
+        data: ImageSet,
+        size: int,
+        batch_size: int,
+        *,
+        augment_config: AugmentConfig | None,
+        seed: int,
+        workers: int = 1,
+    ):
+        super().__init__(workers=workers, use_multiprocessing=False)
         self.data = data
+        self.size = size
         self.batch_size = batch_size
-        self.augment = augment
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(data))
+        self.augment_config = augment_config
+        self.seed = seed
+        self.epoch = 0
+        self.order = np.random.default_rng((seed, 0)).permutation(len(data))
 
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
 
+    def _pixels(self, row: int) -> np.ndarray:
+        image = decode_image(self.data.images[row])
+        if self.augment_config is None:
+            return to_model_input(image, self.size)
+        return augment(image, self.size, np.random.default_rng((self.seed, self.epoch, row)), self.augment_config)
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        x = self.data.x[rows]
-        if self.augment:
-            flip = self.rng.random(len(rows)) < 0.5
-            x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-        return x, self.data.y[rows]
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        return np.stack([self._pixels(int(r)) for r in rows]), self.data.y[rows]
 
     def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.data))
+        self.epoch += 1
+        self.order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.data))
 
 
 def predict_scores(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -78,17 +112,21 @@ def predict_scores(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> 
 
 
 class _ValidationF1(keras.callbacks.Callback):
-    """Scores the validation split after each epoch, logs it, keeps the best weights by F1."""
+    """After each epoch: score validation, log, keep the best weights by F1, checkpoint, stop early."""
 
-    def __init__(self, val: ArrayData, log: Log, epochs: int):
+    def __init__(
+        self, val: ArrayData, log: Log, settings: TrainConfig, checkpoint_dir: Path | None, state: dict[str, Any]
+    ):
         super().__init__()
         self.val = val
         self.log = log
-        self.epochs = epochs
-        self.history: list[dict[str, float]] = []
-        self.best_f1 = -1.0
-        self.best_epoch = 0
+        self.settings = settings
+        self.checkpoint_dir = checkpoint_dir
+        self.history: list[dict[str, float]] = list(state.get("history", []))
+        self.best_f1 = float(state.get("best_f1", -1.0))
+        self.best_epoch = int(state.get("best_epoch", 0))
         self.best_weights: list[np.ndarray] | None = None
+        self.stopped_early = False
         self.started = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -106,50 +144,126 @@ class _ValidationF1(keras.callbacks.Callback):
         }
         self.history.append(row)
         self.log(
-            f"epoch {epoch + 1}/{self.epochs}: loss {row['loss']:.4f}, val accuracy {row['val_accuracy']:.4f}, "
-            f"val F1 {row['val_f1']:.4f} ({row['seconds']:.0f} s)"
+            f"epoch {epoch + 1}/{self.settings.epochs}: loss {row['loss']:.4f}, val accuracy "
+            f"{row['val_accuracy']:.4f}, val F1 {row['val_f1']:.4f} ({row['seconds']:.0f} s)"
         )
-        if metrics["f1"] > self.best_f1:
+        if not np.isfinite(row["loss"]):
+            raise FloatingPointError(f"loss is {row['loss']} at epoch {epoch + 1}: training diverged")
+        improved = metrics["f1"] > self.best_f1
+        if improved:
             self.best_f1, self.best_epoch = metrics["f1"], epoch + 1
             self.best_weights = [np.array(w) for w in self.model.get_weights()]
+        if epoch + 1 - self.best_epoch >= self.settings.patience:
+            self.log(f"early stop: no better validation F1 for {self.settings.patience} epochs")
+            self.stopped_early = True
+            self.model.stop_training = True
+        if self.checkpoint_dir is not None:
+            self._checkpoint(epoch + 1, improved)
+
+    def _checkpoint(self, epochs_done: int, improved: bool) -> None:
+        assert self.checkpoint_dir is not None
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if improved:
+            self.model.save(self.checkpoint_dir / ".best.keras")
+            (self.checkpoint_dir / ".best.keras").replace(self.checkpoint_dir / "best.keras")
+        # With the optimizer state, so that a resumed run continues the schedule.
+        self.model.save(self.checkpoint_dir / f".{CHECKPOINT}")
+        (self.checkpoint_dir / f".{CHECKPOINT}").replace(self.checkpoint_dir / CHECKPOINT)
+        state = {
+            "epochs_done": epochs_done,
+            "history": self.history,
+            "best_f1": self.best_f1,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+        }
+        (self.checkpoint_dir / CHECKPOINT_STATE).write_text(json.dumps(state))
 
 
 def train(
     config: ModelConfig,
-    train_data: ArrayData,
+    train_data: ImageSet,
     val_data: ArrayData,
     settings: TrainConfig,
     *,
     initial_model: keras.Model | None = None,
+    checkpoint_dir: Path | None = None,
     log: Log = print,
 ) -> TrainResult:
-    """Train (or fine-tune ``initial_model``) with the fairness loss and AdamW; keep the best epoch."""
+    """Train (or fine-tune ``initial_model``) with the fairness loss and AdamW; keep the best epoch.
+
+    With ``checkpoint_dir``, every epoch is checkpointed there and a run that finds a
+    checkpoint resumes from it (model, optimizer state, history).
+    """
     if not len(train_data):
         raise ValueError("no training images")
     if not len(val_data):
         raise ValueError("no validation images")
     keras.utils.set_random_seed(settings.seed)
-    model = initial_model if initial_model is not None else build_model(config)
+    keras.mixed_precision.set_global_policy(settings.precision)
+    try:
+        return _train(config, train_data, val_data, settings, initial_model, checkpoint_dir, log)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _train(
+    config: ModelConfig,
+    train_data: ImageSet,
+    val_data: ArrayData,
+    settings: TrainConfig,
+    initial_model: keras.Model | None,
+    checkpoint_dir: Path | None,
+    log: Log,
+) -> TrainResult:
     beta = settings.beta if settings.beta is not None else train_data.ai_share
-    steps = math.ceil(len(train_data) / settings.batch_size) * settings.epochs
-    warmup = int(steps * settings.warmup_share)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else settings.learning_rate,
-        decay_steps=max(1, steps - warmup),
-        warmup_target=settings.learning_rate if warmup else None,
-        warmup_steps=warmup,
+    state: dict[str, Any] = {}
+    if checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_STATE).is_file():
+        state = json.loads((checkpoint_dir / CHECKPOINT_STATE).read_text())
+        model = keras.saving.load_model(checkpoint_dir / CHECKPOINT)
+        log(f"resuming from {checkpoint_dir} after epoch {state['epochs_done']}")
+    else:
+        model = initial_model if initial_model is not None else build_model(config)
+        steps = math.ceil(len(train_data) / settings.batch_size) * settings.epochs
+        warmup = int(steps * settings.warmup_share)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else settings.learning_rate,
+            decay_steps=max(1, steps - warmup),
+            warmup_target=settings.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+        model.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay),
+            loss=FairnessBCE(alpha=settings.alpha, beta=beta),
+        )
+    augment_config = AugmentConfig(**settings.augment) if settings.augment is not None else None
+    batches = ImageBatches(
+        train_data,
+        config.image_size,
+        settings.batch_size,
+        augment_config=augment_config,
+        seed=settings.seed,
+        workers=settings.workers,
     )
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay),
-        loss=FairnessBCE(alpha=settings.alpha, beta=beta),
+    tracker = _ValidationF1(val_data, log, settings, checkpoint_dir, state)
+    start_epoch = int(state.get("epochs_done", 0))
+    batches.epoch = start_epoch
+    log(
+        f"training {config.name} on {len(train_data)} images ({train_data.ai_share:.1%} ai), beta={beta:.3f}, "
+        f"augmentation {'on' if augment_config else 'off'}, {settings.precision}"
     )
-    batches = ArrayBatches(train_data, settings.batch_size, augment=True, seed=settings.seed)
-    tracker = _ValidationF1(val_data, log, settings.epochs)
-    log(f"training {config.name} on {len(train_data)} images ({train_data.ai_share:.1%} ai), beta={beta:.3f}")
     started = time.perf_counter()
-    model.fit(batches, epochs=settings.epochs, callbacks=[tracker], verbose=0)
+    if start_epoch < settings.epochs and not state.get("stopped_early"):
+        model.fit(
+            batches,
+            epochs=settings.epochs,
+            initial_epoch=start_epoch,
+            callbacks=[tracker],
+            verbose=1 if settings.progress else 0,
+        )
     if tracker.best_weights is not None:
         model.set_weights(tracker.best_weights)
+    elif checkpoint_dir is not None and (checkpoint_dir / "best.keras").is_file():
+        model.set_weights(keras.saving.load_model(checkpoint_dir / "best.keras", compile=False).get_weights())
     val_metrics = binary_metrics(val_data.y, predict_scores(model, val_data.x))
     return TrainResult(
         model=model,
@@ -158,4 +272,5 @@ def train(
         val_metrics=val_metrics,
         beta=beta,
         seconds=time.perf_counter() - started,
+        stopped_early=tracker.stopped_early,
     )

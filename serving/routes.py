@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 from aidetect.settings import Settings
 from feedback.records import FeedbackRecord, hash_client
 from feedback.store import save_feedback
+from model.calibration import apply_temperature, verdict
 from model.preprocess import InvalidImage, decode_image, to_model_input
 from serving.recent import RecentPrediction, RecentPredictions
 from serving.runtime import LiveModel, ModelHolder
@@ -67,12 +68,12 @@ async def _read_upload(file: UploadFile, limit: int) -> bytes:
 
 
 def _score(live: LiveModel, data: bytes) -> tuple[str, float, str]:
-    """Decode + preprocess + run: (label, P(ai), image format). Runs in a worker thread."""
+    """Decode + preprocess + run + calibrate: (verdict, P(ai), image format). Runs in a worker thread."""
     image = decode_image(data)
     pixels = to_model_input(image, live.image_size)
     scores, _ = live.model.predict(pixels[None])
-    p = float(np.clip(scores[0], 0.0, 1.0))
-    return ("ai" if p >= live.threshold else "real"), p, image_extension(image.format)
+    p = float(np.clip(apply_temperature(scores[0], live.temperature), 0.0, 1.0))
+    return verdict(p, live.threshold, live.uncertain_band), p, image_extension(image.format)
 
 
 async def _score_or_400(live: LiveModel, data: bytes) -> tuple[str, float, str]:

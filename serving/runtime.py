@@ -45,6 +45,15 @@ class LiveModel:
     def image_size(self) -> int:
         return self.model.image_size
 
+    @property
+    def temperature(self) -> float:
+        return float(self.metadata.get("temperature", 1.0))
+
+    @property
+    def uncertain_band(self) -> tuple[float, float] | None:
+        band = self.metadata.get("uncertain_band")
+        return (float(band[0]), float(band[1])) if band else None
+
 
 class ModelRefused(Exception):
     """A model version failed a check and will not serve."""

@@ -81,7 +81,7 @@ class Trained:
 def trained_tiny(tmp_path_factory: pytest.TempPathFactory, cifake_folder: Path) -> Trained:
     """The tiny architecture trained three short epochs on the CIFAKE subset, exported to ONNX."""
     from model.config import get_config
-    from model.data import import_dataset, load_split
+    from model.data import import_dataset, load_images, load_split
     from model.export import export_onnx, make_canaries
     from model.inference import OnnxModel
     from model.train import TrainConfig, train
@@ -90,9 +90,9 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory, cifake_folder: Path) 
     store = LocalStore(folder / "store")
     import_dataset(store, cifake_folder, "cifake")
     config = get_config("tiny")
-    train_data = load_split(store, ["cifake"], "train", config.image_size)
+    train_data = load_images(store, ["cifake"], "train")
     val_data = load_split(store, ["cifake"], "val", config.image_size)
-    result = train(config, train_data, val_data, TrainConfig(epochs=3, batch_size=32), log=lambda _: None)
+    result = train(config, train_data, val_data, TrainConfig(epochs=3, batch_size=32, augment=None), log=lambda _: None)
     keras_path = folder / "model.keras"
     result.model.save(keras_path)
     onnx_path = export_onnx(result.model, folder / "model.onnx")

@@ -119,14 +119,16 @@ def test_versions_resolve_and_load(tmp_path: Path) -> None:
 
 
 def test_oversampling_lifts_a_small_dataset_to_its_share() -> None:
-    from model.data import ArrayData
+    from model.data import ImageSet
 
     n_big, n_small = 900, 10
-    data = ArrayData(
-        np.zeros((n_big + n_small, 4, 4, 3), np.uint8),
-        np.zeros(n_big + n_small, np.float32),
-        [str(i) for i in range(n_big + n_small)],
+    n = n_big + n_small
+    data = ImageSet(
+        [b"x"] * n,
+        np.zeros(n, np.float32),
+        [str(i) for i in range(n)],
         ["base"] * n_big + ["feedback"] * n_small,
+        [""] * n,
     )
     out = oversample_small_datasets(data, 0.1)
     share = out.dataset.count("feedback") / len(out)
