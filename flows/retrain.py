@@ -145,7 +145,8 @@ def export_and_check(trained: TrainedModel, val_data: ArrayData, out_dir: Path) 
     """ONNX export, graph optimisation, Keras-vs-ONNX parity, canaries, the INT8 variant."""
     import keras
 
-    from model.export import check_parity, export_onnx, make_canaries, optimize_onnx, quantize_int8
+    from model.export import PARITY_TOLERANCE, check_parity, export_onnx, make_canaries, optimize_onnx, quantize_int8
+    from model.inference import check_canaries
 
     logger = get_run_logger()
     model = keras.saving.load_model(trained.keras_path, compile=False)
@@ -153,10 +154,11 @@ def export_and_check(trained: TrainedModel, val_data: ArrayData, out_dir: Path) 
     path = optimize_onnx(raw, out_dir / ONNX_FILE)
     onnx_model = OnnxModel(path)
     sample = val_data.x[: min(len(val_data), 64)]
-    diff = check_parity(model, onnx_model, sample)
-    logger.info("exported %s: Keras vs ONNX max |diff| = %.2e on %d images", path.name, diff, len(sample))
+    canaries = make_canaries(model, val_data.x[:8])
+    diff = max(check_parity(model, onnx_model, sample), check_canaries(onnx_model, canaries, PARITY_TOLERANCE))
+    logger.info("exported %s: Keras vs ONNX max |diff| = %.2e on %d images + canaries", path.name, diff, len(sample))
     int8 = quantize_int8(path, out_dir / INT8_FILE, val_data.x[:256])
-    return Exported(path, int8, diff, make_canaries(onnx_model, val_data.x[:8]))
+    return Exported(path, int8, diff, canaries)
 
 
 @task(cache_policy=NO_CACHE)
@@ -315,7 +317,7 @@ def retrain(
     warm = None
     if warm_start and champion and ModelConfig.from_dict(champion["metadata"]["config"]) == config:
         warm = str(champion["keras"])
-    train_settings = {
+    train_settings: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
         # Fine-tuning the champion at the from-scratch rate would undo much of what it knows.

@@ -83,7 +83,6 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory, cifake_folder: Path) 
     from model.config import get_config
     from model.data import import_dataset, load_images, load_split
     from model.export import export_onnx, make_canaries
-    from model.inference import OnnxModel
     from model.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("trained")
@@ -96,5 +95,5 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory, cifake_folder: Path) 
     keras_path = folder / "model.keras"
     result.model.save(keras_path)
     onnx_path = export_onnx(result.model, folder / "model.onnx")
-    canaries = make_canaries(OnnxModel(onnx_path), val_data.x[:8])
+    canaries = make_canaries(result.model, val_data.x[:8])
     return Trained(keras_path, onnx_path, canaries, val_data.x, val_data.y)

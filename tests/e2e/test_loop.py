@@ -65,6 +65,13 @@ def test_the_loop_end_to_end(
     first = retrain(datasets=["cifake"], epochs=3, batch_size=32, warm_start=False)
     assert first["promoted"], first["verdict"]
     v1 = first["version"]
+    meta = Registry(store).metadata(v1)
+    assert meta["temperature"] > 0 and len(meta["uncertain_band"]) == 2
+    assert set(meta["metrics"]["test"]["robustness"]) == {"clean", "jpeg_q50_75", "half_size"}
+    assert 0.5 <= meta["metrics"]["test"]["roc_auc"] <= 1.0
+    for name in ("model.int8.onnx", "plots/roc.png", "plots/reliability.png", "plots/training_curves.png"):
+        assert store.exists(f"models/{v1}/{name}"), name
+    assert meta["file_sizes"]["model.int8.onnx"] > 0
 
     port = free_port()
     log = open(tmp_path / "serving.log", "wb")  # noqa: SIM115

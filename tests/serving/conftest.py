@@ -11,12 +11,15 @@ from storage import LocalStore
 from tests.conftest import Trained
 
 
-def register_trained(registry: Registry, trained: Trained, canaries: dict[str, np.ndarray] | None = None) -> str:
+def register_trained(
+    registry: Registry, trained: Trained, canaries: dict[str, np.ndarray] | None = None, **metadata: object
+) -> str:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **(canaries or trained.canaries))
+    chosen = canaries or trained.canaries
+    np.savez_compressed(buffer, inputs=chosen["inputs"], expected=chosen["expected"])
     return registry.register(
         {"model.onnx": trained.onnx_path, "canaries.npz": buffer.getvalue()},
-        {"config": {"name": "tiny"}, "threshold": 0.5, "input_size": 32},
+        {"config": {"name": "tiny"}, "threshold": 0.5, "input_size": 32, **metadata},
     )
 
 

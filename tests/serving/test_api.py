@@ -162,3 +162,15 @@ sys.exit(1 if heavy else 0)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_calibrated_scores_inside_the_band_are_uncertain(tmp_path: Path, trained_tiny: Trained) -> None:
+    store = LocalStore(tmp_path / "store")
+    registry = Registry(store)
+    sharp = register_trained(registry, trained_tiny, temperature=0.01, uncertain_band=[0.0, 1.01])
+    registry.promote(sharp, reason="everything uncertain")
+    with TestClient(create_app(_settings(tmp_path, store))) as client:
+        body = client.post("/v1/predict", files={"file": ("x.jpg", image_bytes())}).json()
+        assert body["label"] == "uncertain"
+        # temperature 0.01 sharpens any score towards 0 or 1
+        assert body["probability"] < 0.01 or body["probability"] > 0.99
