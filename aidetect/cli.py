@@ -84,8 +84,10 @@ def _cmd_flow_retrain(args: argparse.Namespace) -> int:
     result = retrain(
         datasets=args.datasets or None,
         architecture=args.architecture,
+        image_size=args.image_size,
         epochs=args.epochs,
         max_train_images=args.max_train_images,
+        augment=not args.no_augment,
         warm_start=not args.no_warm_start,
     )
     print(json.dumps({k: result[k] for k in ("version", "promoted", "verdict", "champion")}, indent=2))
@@ -160,10 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     flw = commands.add_parser("flow", help="run a flow once").add_subparsers(dest="flow_command", required=True)
     ret = flw.add_parser("retrain", help="train, validate, export, register and promote")
     ret.add_argument("--datasets", nargs="*", help="name or name@version (default: latest of every dataset)")
-    ret.add_argument("--architecture", default="tiny")
+    ret.add_argument("--architecture", default="tiny", help="tiny, effnet-b5-swin, effnetv2s, convnext-tiny, ...")
+    ret.add_argument("--image-size", type=_positive_int, default=None, help="a multiple of 32 (default: the preset's)")
     ret.add_argument("--epochs", type=_positive_int, default=3)
     ret.add_argument("--max-train-images", type=_positive_int, default=None)
     ret.add_argument("--no-warm-start", action="store_true", help="train from scratch, not from the champion")
+    ret.add_argument("--no-augment", action="store_true", help="train without augmentation")
     ret.set_defaults(func=_cmd_flow_retrain)
     gat = flw.add_parser("gather-feedback", help="misclassified feedback -> a dataset version")
     gat.add_argument("--dataset", default="feedback")

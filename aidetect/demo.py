@@ -135,7 +135,11 @@ def run_demo(args: argparse.Namespace) -> int:
     say(f"imported {report.taken} images as cifake@{report.version} ({len(report.skipped)} skipped)")
 
     say(f"training v1 from scratch ({args.epochs} epochs, up to {args.max_train_images} training images)")
-    first = retrain(datasets=["cifake"], epochs=args.epochs, max_train_images=args.max_train_images, warm_start=False)
+    # Three CPU epochs are too few for augmentation to pay off (measured on this demo: 84.9%
+    # clean CIFAKE test accuracy with it, 90.7% without); real runs keep it on.
+    first = retrain(
+        datasets=["cifake"], epochs=args.epochs, max_train_images=args.max_train_images, warm_start=False, augment=False
+    )
     if not first["promoted"]:
         say(f"v1 was not promoted: {first['verdict']['reasons']}")
         return 1
@@ -171,7 +175,7 @@ def run_demo(args: argparse.Namespace) -> int:
         say(f"gathered feedback into feedback@{feedback_version}")
 
         say("retraining v2 on cifake + feedback, warm-started from v1")
-        second = retrain(epochs=args.epochs, max_train_images=args.max_train_images)
+        second = retrain(epochs=args.epochs, max_train_images=args.max_train_images, augment=False)
         v2 = second["version"]
         say(
             f"v2 = {v2}: {'promoted' if second['promoted'] else 'rejected: ' + '; '.join(second['verdict']['reasons'])}"

@@ -94,6 +94,11 @@ class ImageBatches(keras.utils.PyDataset):
         image = decode_image(self.data.images[row])
         if self.augment_config is None:
             return to_model_input(image, self.size)
+        # Augmenting a 512-px photo for a 32-px model costs 100x the work for pixels the final
+        # resize throws away: shrink (box filter) to at least twice the model's size first.
+        factor = min(image.size) // (2 * self.size)
+        if factor >= 2:
+            image = image.reduce(factor)
         return augment(image, self.size, np.random.default_rng((self.seed, self.epoch, row)), self.augment_config)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
