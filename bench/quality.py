@@ -46,7 +46,11 @@ def run(config: Any, store: Any, args: argparse.Namespace) -> dict[str, Any]:
     )
     started = time.perf_counter()
     result = train(
-        config, train_set, val, settings, log=lambda m: print(f"[{config.name}/{config.head}] {m}", flush=True)
+        config,
+        train_set,
+        val,
+        settings,
+        log=lambda m: print(f"[{config.name}/{config.head}] {m}", file=sys.stderr, flush=True),
     )
     seconds = time.perf_counter() - started
     temperature = fit_temperature(val.y, predict_scores(result.model, val.x))

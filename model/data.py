@@ -378,19 +378,6 @@ class ArrayData:
     def __len__(self) -> int:
         return len(self.y)
 
-    @property
-    def ai_share(self) -> float:
-        return float(self.y.mean()) if len(self.y) else 0.5
-
-    def subset(self, index: np.ndarray) -> ArrayData:
-        return ArrayData(
-            self.x[index],
-            self.y[index],
-            [self.sha256[i] for i in index],
-            [self.dataset[i] for i in index],
-            [self.generator[i] for i in index],
-        )
-
 
 def load_images(
     store: ObjectStore,
