@@ -2,11 +2,26 @@
 
 Decode, apply EXIF orientation, convert to RGB, resize to the model's input size, as uint8.
 Normalisation is not here: it lives inside the network (and so inside the ONNX graph).
+
+What ``decode_image`` refuses (``InvalidImage``, whose message the HTTP layer shows the user):
+empty or unreadable bytes, formats outside ``ACCEPTED_FORMATS``, truncated or corrupt files,
+more than ``MAX_PIXELS`` pixels (checked on the declared size, before any pixel is allocated),
+animations (more than one frame), and images under ``MIN_SIDE`` pixels on either side.
+
+How it converts to 8-bit RGB: transparency is composited on white; CMYK, grayscale and palette
+images go through Pillow's conversion; 16-bit and 32-bit images are scaled, never clipped:
+``I;16*`` by 255/65535 (i.e. divided by 257); ``I`` the same when its values fit 0..65535;
+``F`` by 255 when its values fit 0..1; anything else is stretched linearly from its own
+min..max to 0..255 (NaN and infinities count as 0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
+import struct
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -14,6 +29,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Refuse decompression bombs: a 20-MB JPEG can otherwise expand to gigabytes of pixels.
 MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow warns between MAX_PIXELS and twice that, and raises above; decode_image refuses both itself.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+# Smaller than this on either side carries too little signal to judge (and is usually an icon or a pixel).
+MIN_SIDE = 16
+
+# Still-image formats we read. Anything else (EPS, which runs Ghostscript, PSD, ICO, ...) is refused
+# unparsed. "JPEG" includes MPO, the multi-picture JPEG many phones write: its first picture is the photo.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+# Formats whose extra frames are an animation (refused) rather than pages or previews (first one used).
+_ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
+
+_HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# What a malformed file can make Pillow's decoders raise.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, ZeroDivisionError)
 
 
 class InvalidImage(ValueError):
@@ -21,33 +52,82 @@ class InvalidImage(ValueError):
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Bytes -> an upright RGB PIL image. Raises InvalidImage with a readable reason."""
+    """Bytes -> an upright RGB PIL image, ``.format`` set to the source format.
+
+    Raises InvalidImage with a readable reason (see the module docstring for the rules).
+    """
     if not data:
         raise InvalidImage("empty file")
     try:
-        image: Image.Image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise InvalidImage(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS})")
+        image: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        _check_header(image)
         image.load()
     except InvalidImage:
         raise
     except Image.DecompressionBombError as exc:
-        raise InvalidImage(f"image too large: {exc}") from None
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{found.group(1)} pixels" if found else "too many pixels"
+        raise InvalidImage(f"image too large: {size} (limit {MAX_PIXELS} pixels)") from None
     except UnidentifiedImageError:
-        raise InvalidImage("not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+        accepted = ", ".join(ACCEPTED_FORMATS)
+        raise InvalidImage(f"not a recognised image format (accepted: {accepted})") from None
+    except _DECODE_ERRORS as exc:
         raise InvalidImage(f"corrupt or truncated image: {exc}") from None
     source_format = image.format
-    image = ImageOps.exif_transpose(image)
-    if image.mode != "RGB":
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba)
-        image = image.convert("RGB")
-    image.format = source_format  # transposing/converting drops it; callers name files by it
+    with contextlib.suppress(*_DECODE_ERRORS):  # a malformed EXIF block: the pixels are fine, keep them as stored
+        ImageOps.exif_transpose(image, in_place=True)
+    try:
+        image = _to_rgb(image)
+    except ValueError as exc:
+        raise InvalidImage(f"unsupported colour mode {image.mode}: {exc}") from None
+    image.format = source_format  # converting drops it; callers name files by it
     return image
+
+
+def _check_header(image: Image.Image) -> None:
+    """Refusals decided from the header alone, before the pixels are decoded."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise InvalidImage(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS} pixels)")
+    if image.format in _ANIMATED_FORMATS and getattr(image, "is_animated", False):
+        frames = getattr(image, "n_frames", "several")
+        raise InvalidImage(
+            f"animated images are not supported ({frames} frames): upload a single frame as a still image"
+        )
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise InvalidImage(f"image too small: {width}x{height} pixels (minimum {MIN_SIDE}x{MIN_SIDE})")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in _HIGH_BIT_MODES:
+        return _high_bit_to_l(image).convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _high_bit_to_l(image: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or float grayscale image -> 8-bit "L", its value range scaled, not clipped."""
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image).astype(np.uint32)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    pixels = np.asarray(image, dtype=np.float64)
+    pixels = np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if image.mode == "I" and low >= 0 and high <= 65535:
+        scaled = pixels / 257
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        scaled = pixels * 255
+    elif high > low:
+        scaled = (pixels - low) * (255 / (high - low))
+    else:
+        scaled = np.full_like(pixels, min(max(low, 0.0), 255.0))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
 
 
 def to_model_input(image: Image.Image, size: int) -> np.ndarray:
