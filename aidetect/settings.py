@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import ObjectStore, open_store
@@ -29,7 +30,17 @@ class Settings(BaseSettings):
     alias_poll_seconds: float = Field(2.0, gt=0)
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     recent_predictions: int = Field(2048, ge=0, description="predictions kept in memory for feedback")
-    ort_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
+    ort_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = the cores this process may use")
+    model_variant: Literal["fp32", "int8"] = Field("fp32", description="which ONNX file of a version to serve")
+    batch_max_size: int = Field(16, ge=1, le=256, description="micro-batching: most images per session run")
+    batch_max_wait_ms: float = Field(2.0, ge=0, le=100, description="micro-batching: wait for more while busy")
+    batch_max_files: int = Field(32, ge=1, description="most files in one /v1/predict/batch request")
+    admin_token: SecretStr | None = Field(None, description="bearer token for /v1/admin/*; unset = disabled")
+    shadow_alias: str | None = Field(None, description="also follow this alias (e.g. candidate) and shadow-score")
+    shadow_share: float = Field(0.1, ge=0, le=1, description="share of predictions also scored by the shadow")
+    prediction_log: bool = Field(True, description="write each prediction to predictions/ in the store")
+    log_flush_seconds: float = Field(5.0, gt=0, description="prediction log: most seconds between writes")
+    log_batch_size: int = Field(1000, ge=1, description="prediction log: most records per file")
 
     @field_validator("store_url")
     @classmethod
@@ -41,6 +52,13 @@ class Settings(BaseSettings):
     @property
     def resolved_store_url(self) -> str:
         return self.store_url or f"file://{(self.home / 'store').resolve()}"
+
+    @field_validator("model_alias", "shadow_alias")
+    @classmethod
+    def _alias_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"an alias is letters, digits, - and _, got {value!r}")
+        return value
 
     @property
     def cache_dir(self) -> Path:

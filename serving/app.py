@@ -12,61 +12,125 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from aidetect.settings import Settings, get_settings
+from serving.batching import MicroBatcher
+from serving.metrics import Metrics, RequestMetricsMiddleware
+from serving.predlog import PredictionLog
 from serving.recent import RecentPredictions
 from serving.routes import router
 from serving.runtime import ModelHolder
+from serving.state import ServingState
 from storage import StoreError
 
 log = logging.getLogger("aidetect.serving")
 STATIC = Path(__file__).parent / "static"
 
 
-async def _follow_alias(holder: ModelHolder, interval: float) -> None:
+async def _follow_alias(holders: list[ModelHolder], interval: float) -> None:
     while True:
-        try:
-            await asyncio.to_thread(holder.refresh)
-        except StoreError as exc:
-            log.warning("alias check failed (store unreachable?): %s", exc)
-        except Exception:  # keep following whatever one check hit
-            log.exception("alias check failed")
+        for holder in holders:
+            try:
+                await asyncio.to_thread(holder.refresh)
+            except StoreError as exc:
+                holder.store_errors += 1
+                log.warning("alias %s: check failed (store unreachable?): %s", holder.alias, exc)
+            except Exception:  # keep following whatever one check hit
+                log.exception("alias %s: check failed", holder.alias)
         await asyncio.sleep(interval)
+
+
+async def _start_holder(holder: ModelHolder) -> None:
+    try:
+        await asyncio.to_thread(holder.refresh)
+    except StoreError as exc:
+        log.warning("object store unreachable at start (alias %s): %s", holder.alias, exc)
+    if holder.current is None:
+        await asyncio.to_thread(holder.load_cached)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = settings.open_store()
-        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        models_dir = settings.cache_dir / "models"
         holder = ModelHolder(
-            store, settings.cache_dir / "models", alias=settings.model_alias, threads=settings.ort_threads
+            store,
+            models_dir / settings.model_alias,
+            alias=settings.model_alias,
+            warm_batch=settings.batch_max_size,
+            threads=settings.ort_threads,
+            variant=settings.model_variant,
         )
-        (settings.cache_dir / "models").mkdir(parents=True, exist_ok=True)
-        try:
-            await asyncio.to_thread(holder.refresh)
-        except StoreError as exc:
-            log.warning("object store unreachable at start: %s", exc)
-        if holder.current is None:
-            await asyncio.to_thread(holder.load_cached)
-        app.state.settings = settings
-        app.state.store = store
-        app.state.holder = holder
-        app.state.recent = RecentPredictions(settings.recent_predictions)
-        follower = asyncio.create_task(_follow_alias(holder, settings.alias_poll_seconds))
+        holders = [holder]
+        shadow = None
+        if settings.shadow_alias:
+            shadow = ModelHolder(
+                store,
+                models_dir / settings.shadow_alias,
+                alias=settings.shadow_alias,
+                threads=settings.ort_threads,
+                variant=settings.model_variant,
+            )
+            holders.append(shadow)
+        for each in holders:
+            await _start_holder(each)
+        predlog = None
+        if settings.prediction_log:
+            predlog = PredictionLog(
+                store,
+                settings.cache_dir / "spool" / "predictions",
+                flush_seconds=settings.log_flush_seconds,
+                batch_size=settings.log_batch_size,
+            )
+        batcher = MicroBatcher(
+            settings.batch_max_size, settings.batch_max_wait_ms / 1000, on_batch=metrics.batch_size.observe
+        )
+        await batcher.start()
+        state = ServingState(
+            settings=settings,
+            store=store,
+            holder=holder,
+            recent=RecentPredictions(settings.recent_predictions),
+            batcher=batcher,
+            metrics=metrics,
+            predlog=predlog,
+            shadow=shadow,
+        )
+        metrics.watch({"production": holder, **({"shadow": shadow} if shadow else {})}, predlog)
+        app.state.serving = state
+        tasks = [asyncio.create_task(_follow_alias(holders, settings.alias_poll_seconds), name="follow-alias")]
+        if predlog is not None:
+            tasks.append(asyncio.create_task(predlog.run(), name="prediction-log"))
         try:
             yield
         finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if state.background:  # log records still being completed
+                await asyncio.wait(state.background, timeout=10)
+            await batcher.stop()
+            if predlog is not None:
+                try:
+                    await asyncio.to_thread(predlog.flush)
+                except Exception:
+                    log.exception("final prediction log flush failed; records stay spooled")
 
     app = FastAPI(
         title="aidetect",
         version="0.1.0",
         summary="Is this image AI-generated? A continuously retrained detector.",
+        description=(
+            "Upload an image to `/v1/predict` for a verdict (`ai`, `real` or `uncertain`) from the production "
+            "model; tell us when it is wrong with `/v1/feedback`. Models are ONNX files from the registry, "
+            "hot-swapped when the `production` alias moves."
+        ),
         lifespan=lifespan,
     )
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.include_router(router)
 
     @app.get("/", include_in_schema=False)

@@ -1,116 +1,211 @@
-"""HTTP routes: predict, feedback, model, health."""
+"""HTTP routes: predict (one, batch), annotated image, feedback, model, admin, health, metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile, status
+from PIL import Image
 
-from aidetect.settings import Settings
 from feedback.records import FeedbackRecord, hash_client
 from feedback.store import save_feedback
-from model.calibration import apply_temperature, verdict
 from model.preprocess import InvalidImage, decode_image, to_model_input
-from serving.recent import RecentPrediction, RecentPredictions
-from serving.runtime import LiveModel, ModelHolder
-from serving.schemas import FeedbackOut, Health, ModelOut, PredictionOut
-from storage import ObjectStore, StoreError
+from model.registry import AliasConflict
+from serving.annotate import annotate
+from serving.batching import InferenceFailed
+from serving.recent import RecentPrediction
+from serving.runtime import LiveModel
+from serving.schemas import (
+    AdminOut,
+    BatchItemError,
+    BatchOut,
+    FeedbackOut,
+    Health,
+    ModelOut,
+    PredictionOut,
+    ShadowOut,
+)
+from serving.state import ServingState, calibrated, now
+from storage import StoreError
 from storage.layout import image_extension, put_image
 
 router = APIRouter()
 
-
-def _holder(request: Request) -> ModelHolder:
-    return request.app.state.holder  # type: ignore[no-any-return]
+PROBLEM = {"model": dict[str, str], "description": "a JSON body {detail: message}"}
 
 
-def _live_model(request: Request) -> LiveModel:
-    live = _holder(request).current
+def _state(request: Request) -> ServingState:
+    return request.app.state.serving  # type: ignore[no-any-return]
+
+
+StateDep = Annotated[ServingState, Depends(_state)]
+
+
+def _live_model(state: StateDep) -> LiveModel:
+    live = state.holder.current
     if live is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model is loaded yet; try again shortly")
     return live
 
 
-HolderDep = Annotated[ModelHolder, Depends(_holder)]
 LiveModelDep = Annotated[LiveModel, Depends(_live_model)]
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
-
-
-def _store(request: Request) -> ObjectStore:
-    return request.app.state.store  # type: ignore[no-any-return]
-
-
-def _recent(request: Request) -> RecentPredictions:
-    return request.app.state.recent  # type: ignore[no-any-return]
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
-StoreDep = Annotated[ObjectStore, Depends(_store)]
-RecentDep = Annotated[RecentPredictions, Depends(_recent)]
+class BadUpload(Exception):
+    def __init__(self, status_code: int, reason: str, message: str):
+        super().__init__(message)
+        self.status_code = status_code
+        self.reason = reason
 
 
 async def _read_upload(file: UploadFile, limit: int) -> bytes:
     data = await file.read(limit + 1)
     if len(data) > limit:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE, f"file is larger than the {limit // (1024 * 1024)} MB limit"
+        raise BadUpload(
+            status.HTTP_413_CONTENT_TOO_LARGE, "too_large", f"file is larger than the {limit / 2**20:g} MB limit"
         )
     if not data:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the uploaded file is empty")
+        raise BadUpload(status.HTTP_400_BAD_REQUEST, "empty", "the uploaded file is empty")
     return data
 
 
-def _score(live: LiveModel, data: bytes) -> tuple[str, float, str]:
-    """Decode + preprocess + run + calibrate: (verdict, P(ai), image format). Runs in a worker thread."""
+def _prepare(data: bytes, size: int) -> tuple[Image.Image, np.ndarray]:
+    """Decode + orient + RGB + resize (a worker thread, never the event loop)."""
     image = decode_image(data)
-    pixels = to_model_input(image, live.image_size)
-    scores, _ = live.model.predict(pixels[None])
-    p = float(np.clip(apply_temperature(scores[0], live.temperature), 0.0, 1.0))
-    return verdict(p, live.threshold, live.uncertain_band), p, image_extension(image.format)
+    return image, to_model_input(image, size)
 
 
-async def _score_or_400(live: LiveModel, data: bytes) -> tuple[str, float, str]:
+async def _infer(
+    state: ServingState, live: LiveModel, data: bytes
+) -> tuple[Image.Image, np.ndarray, float, np.ndarray]:
+    """Decode in a worker thread, then score in a micro-batch: (image, pixels, raw score, embedding)."""
+    state.batcher.decoding += 1
     try:
-        return await asyncio.to_thread(_score, live, data)
+        image, pixels = await asyncio.to_thread(_prepare, data, live.image_size)
     except InvalidImage as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"cannot read the image: {exc}") from None
+        raise BadUpload(status.HTTP_400_BAD_REQUEST, "unreadable", f"cannot read the image: {exc}") from None
+    finally:
+        state.batcher.decoding -= 1
+    try:
+        raw, embedding = await state.batcher.score(live.model, pixels)
+    except InferenceFailed as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"inference failed: {exc}") from None
+    return image, pixels, raw, embedding
 
 
-@router.post("/v1/predict", response_model=PredictionOut, tags=["predict"])
-async def predict(
-    live: LiveModelDep,
-    settings: SettingsDep,
-    recent: RecentDep,
-    file: Annotated[UploadFile, File(description="the image")],
-) -> PredictionOut:
+async def _predict_one(state: ServingState, live: LiveModel, file: UploadFile) -> PredictionOut:
     started = time.perf_counter()
-    data = await _read_upload(file, settings.max_upload_bytes)
-    label, probability, ext = await _score_or_400(live, data)
+    data = await _read_upload(file, state.settings.max_upload_bytes)
+    image, pixels, raw, embedding = await _infer(state, live, data)
+    label, probability = calibrated(live, raw)
+    latency_ms = (time.perf_counter() - started) * 1000
     prediction_id = secrets.token_hex(8)
-    recent.add(RecentPrediction(prediction_id, data, ext, label, probability, live.version))
+    ext = image_extension(image.format)
+    state.recent.add(RecentPrediction(prediction_id, data, ext, label, probability, live.version))
+    state.metrics.predictions.labels(label).inc()
+    state.log_prediction(
+        {
+            "id": prediction_id,
+            "created_at": now(),
+            "model_version": live.version,
+            "variant": live.variant,
+            "probability": probability,
+            "raw_score": raw,
+            "label": label,
+            "latency_ms": latency_ms,
+            "bytes": len(data),
+            "image_sha256": hashlib.sha256(data).hexdigest(),
+            "embedding": embedding.astype(np.float16).tolist(),
+        },
+        image,
+        data,
+        pixels,
+    )
     return PredictionOut(
         id=prediction_id,
         label=label,  # type: ignore[arg-type]
         probability=probability,
         model_version=live.version,
-        latency_ms=(time.perf_counter() - started) * 1000,
+        latency_ms=latency_ms,
     )
 
 
-@router.post("/v1/feedback", response_model=FeedbackOut, status_code=status.HTTP_201_CREATED, tags=["feedback"])
+def _bad_upload(state: ServingState, exc: BadUpload) -> HTTPException:
+    state.metrics.rejected_uploads.labels(exc.reason).inc()
+    return HTTPException(exc.status_code, str(exc))
+
+
+@router.post(
+    "/v1/predict",
+    response_model=PredictionOut,
+    tags=["predict"],
+    responses={400: PROBLEM, 413: PROBLEM, 503: PROBLEM},
+)
+async def predict(
+    state: StateDep, live: LiveModelDep, file: Annotated[UploadFile, File(description="the image (multipart)")]
+) -> PredictionOut:
+    """Is this image AI-generated? The file's type is read from its bytes, not its declared content type."""
+    try:
+        return await _predict_one(state, live, file)
+    except BadUpload as exc:
+        raise _bad_upload(state, exc) from None
+
+
+@router.post("/v1/predict/batch", response_model=BatchOut, tags=["predict"], responses={400: PROBLEM, 503: PROBLEM})
+async def predict_batch(
+    state: StateDep,
+    live: LiveModelDep,
+    files: Annotated[list[UploadFile], File(description="the images (repeat the `files` field)")],
+) -> BatchOut:
+    """Several images in one request; each gets a prediction or its own error, in order."""
+    limit = state.settings.batch_max_files
+    if len(files) > limit:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{len(files)} files sent; at most {limit} per batch")
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(*(_predict_one(state, live, f) for f in files), return_exceptions=True)
+    results: list[PredictionOut | BatchItemError] = []
+    for file, outcome in zip(files, outcomes, strict=True):
+        if isinstance(outcome, BadUpload):
+            _bad_upload(state, outcome)
+            results.append(BatchItemError(filename=file.filename, status=outcome.status_code, error=str(outcome)))
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            results.append(outcome)
+    return BatchOut(model_version=live.version, results=results, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+@router.get(
+    "/v1/predictions/{prediction_id}/annotated",
+    tags=["predict"],
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "PNG"}, 404: PROBLEM},
+)
+async def annotated(state: StateDep, prediction_id: str) -> Response:
+    """The image of a recent prediction with the verdict and confidence drawn on it (PNG, a download)."""
+    known = state.recent.get(prediction_id)
+    if known is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"prediction {prediction_id!r} is unknown or expired")
+    png = await asyncio.to_thread(annotate, known.image, known.label, known.probability, known.model_version)
+    filename = f"aidetect-{prediction_id}.png"
+    return Response(png, media_type="image/png", headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.post(
+    "/v1/feedback",
+    response_model=FeedbackOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["feedback"],
+    responses={400: PROBLEM, 404: PROBLEM, 413: PROBLEM, 503: PROBLEM},
+)
 async def submit_feedback(
     request: Request,
-    holder: HolderDep,
-    settings: SettingsDep,
-    store: StoreDep,
-    recent: RecentDep,
+    state: StateDep,
     label: Annotated[Literal["ai", "real"], Form(description="the right label for the image")],
     prediction_id: Annotated[str | None, Form(max_length=64)] = None,
     file: Annotated[UploadFile | None, File(description="the image (if no prediction id)")] = None,
@@ -118,6 +213,7 @@ async def submit_feedback(
     generator: Annotated[str | None, Form(max_length=200)] = None,
 ) -> FeedbackOut:
     """Claim the right label for an earlier prediction (by id) or for an uploaded image."""
+    recent = state.recent
     known = recent.get(prediction_id) if prediction_id else None
     if prediction_id and known is None and file is None:
         raise HTTPException(
@@ -133,17 +229,22 @@ async def submit_feedback(
         predicted, score, version = known.label, known.probability, known.model_version
     else:
         assert file is not None
-        data = await _read_upload(file, settings.max_upload_bytes)
-        live = holder.current
-        if live is not None:  # record what the live model says about it
-            predicted, score, ext = await _score_or_400(live, data)
-            version = live.version
-        else:
-            try:
-                ext = await asyncio.to_thread(lambda: image_extension(decode_image(data).format))
-            except InvalidImage as exc:
-                raise HTTPException(status.HTTP_400_BAD_REQUEST, f"cannot read the image: {exc}") from None
+        try:
+            data = await _read_upload(file, state.settings.max_upload_bytes)
+            live = state.holder.current
+            if live is not None:  # record what the live model says about it
+                image, _, raw, _ = await _infer(state, live, data)
+                predicted, score = calibrated(live, raw)
+                version = live.version
+            else:
+                image = await asyncio.to_thread(decode_image, data)
+            ext = image_extension(image.format)
+        except BadUpload as exc:
+            raise _bad_upload(state, exc) from None
+        except InvalidImage as exc:
+            raise _bad_upload(state, BadUpload(400, "unreadable", f"cannot read the image: {exc}")) from None
     client = request.client.host if request.client else "unknown"
+    store = state.store
 
     def persist() -> FeedbackRecord:
         sha, key = put_image(store, data, ext)
@@ -165,7 +266,9 @@ async def submit_feedback(
     try:
         record = await asyncio.to_thread(persist)
     except StoreError as exc:
+        state.metrics.feedback.labels("store_unavailable").inc()
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"feedback store unavailable: {exc}") from None
+    state.metrics.feedback.labels(record.status).inc()
     return FeedbackOut(
         id=record.id,
         status=record.status,
@@ -176,28 +279,113 @@ async def submit_feedback(
     )
 
 
-@router.get("/v1/model", response_model=ModelOut, tags=["model"])
-async def model_info(holder: HolderDep, live: LiveModelDep) -> ModelOut:
+def _model_out(holder_alias: str, live: LiveModel, swaps: int, refused: int, last_error: str | None) -> ModelOut:
     return ModelOut(
         version=live.version,
-        alias=holder.alias,
+        variant=live.variant,
+        alias=holder_alias,
         loaded_at=live.loaded_at,
-        swaps=holder.swaps,
-        refused=holder.refused,
-        last_error=holder.last_error,
+        swaps=swaps,
+        refused=refused,
+        last_error=last_error,
         metadata=live.metadata,
     )
 
 
-@router.get("/healthz", response_model=Health, tags=["health"])
-async def healthz(holder: HolderDep) -> Health:
+@router.get("/v1/model", response_model=ModelOut, tags=["model"], responses={503: PROBLEM})
+async def model_info(state: StateDep, live: LiveModelDep) -> ModelOut:
+    """The live model: version, variant, metadata (metrics, calibration, lineage), swap counters."""
+    holder = state.holder
+    out = _model_out(holder.alias, live, holder.swaps, holder.refused, holder.last_error)
+    shadow = state.shadow.current if state.shadow is not None else None
+    if shadow is not None and state.shadow is not None:
+        out.shadow = ShadowOut(alias=state.shadow.alias, version=shadow.version, share=state.settings.shadow_share)
+    return out
+
+
+# admin --------------------------------------------------------------------------------------
+def _require_admin(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    token = state.settings.admin_token
+    if token is None or not token.get_secret_value():
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin endpoints are disabled: set AIDETECT_ADMIN_TOKEN")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "a valid admin token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+AdminDep = Depends(_require_admin)
+
+
+@router.post(
+    "/v1/admin/reload",
+    response_model=AdminOut,
+    tags=["admin"],
+    dependencies=[AdminDep],
+    responses={401: PROBLEM, 403: PROBLEM, 503: PROBLEM},
+)
+async def admin_reload(state: StateDep) -> AdminOut:
+    """Follow the alias now, retrying versions refused earlier."""
+    try:
+        changed = await asyncio.to_thread(state.holder.refresh, force=True)
+    except StoreError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"object store unavailable: {exc}") from None
+    live = state.holder.current
+    return AdminOut(changed=changed, version=live.version if live else None, last_error=state.holder.last_error)
+
+
+@router.post(
+    "/v1/admin/rollback",
+    response_model=AdminOut,
+    tags=["admin"],
+    dependencies=[AdminDep],
+    responses={401: PROBLEM, 403: PROBLEM, 409: PROBLEM, 503: PROBLEM},
+)
+async def admin_rollback(state: StateDep) -> AdminOut:
+    """Point the alias back at its previous version (for every replica) and swap to it here."""
+    holder = state.holder
+    try:
+        record = await asyncio.to_thread(holder.registry.rollback, holder.alias, reason="admin rollback via API")
+        changed = await asyncio.to_thread(holder.refresh)
+    except (ValueError, AliasConflict) as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except StoreError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"object store unavailable: {exc}") from None
     live = holder.current
+    return AdminOut(
+        changed=changed,
+        version=live.version if live else None,
+        alias_version=record.version,
+        last_error=holder.last_error,
+    )
+
+
+# health -------------------------------------------------------------------------------------
+@router.get("/healthz", response_model=Health, tags=["health"])
+async def healthz(state: StateDep) -> Health:
+    """The process is up (with or without a model)."""
+    live = state.holder.current
     return Health(status="ok", model_version=live.version if live else None)
 
 
-@router.get("/readyz", response_model=Health, tags=["health"])
-async def readyz(holder: HolderDep) -> Health:
-    live = holder.current
+@router.get("/readyz", response_model=Health, tags=["health"], responses={503: PROBLEM})
+async def readyz(state: StateDep) -> Health:
+    """Ready only with a model loaded."""
+    live = state.holder.current
     if live is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model loaded")
     return Health(status="ready", model_version=live.version)
+
+
+@router.get(
+    "/metrics",
+    tags=["health"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus metrics: request latency, predictions by label, live model, swaps, refusals, feedback, log."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

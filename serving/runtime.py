@@ -4,9 +4,10 @@ A background loop polls the alias (``registry/aliases/<alias>.json``). When it n
 version the new model is downloaded, its sha256 verified against the registry, a session
 built and warmed off the request path, and the canary inputs stored at export checked; only
 then is ``current`` replaced, in one assignment. Requests read ``current`` once, so those in
-flight finish on the session they started with. A model that fails a check is refused and
-the old one keeps serving. The last good model is cached on disk so that a replica can start
-while the object store is unreachable.
+flight finish on the session they started with; the old session is released when the last
+of them drops it. A model that fails a check is refused (counted by reason, logged) and the
+old one keeps serving. An unreachable store is not a refusal: the next poll tries again.
+The last good model is cached on disk so that a replica can start while the store is down.
 """
 
 from __future__ import annotations
@@ -17,17 +18,27 @@ import logging
 import shutil
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from model.inference import OnnxModel, check_canaries
 from model.registry import ONNX_FILE, AliasRecord, Registry
-from storage import ObjectStore, StoreError
+from storage import NotFound, ObjectStore, StoreError
 
 log = logging.getLogger("aidetect.serving")
 
 LAST_GOOD = "last-good.json"
+# The FP32 file must reproduce the Keras outputs recorded at export to 1e-4; the INT8 file
+# its own outputs recorded at export (integer kernels differ slightly between CPUs), or, for
+# versions exported before those were recorded, the Keras outputs to within 0.25.
+CANARY_TOLERANCE = 1e-4
+INT8_OWN_TOLERANCE = 1e-3
+INT8_KERAS_TOLERANCE = 0.25
+Variant = Literal["fp32", "int8"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class LiveModel:
     version: str
     metadata: dict[str, Any]
     model: OnnxModel
+    variant: Variant = "fp32"
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -56,25 +68,62 @@ class LiveModel:
 
 
 class ModelRefused(Exception):
-    """A model version failed a check and will not serve."""
+    """A model version failed a check and will not serve. ``reason`` is a short category."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def model_file(metadata: dict[str, Any], variant: Variant) -> tuple[str, str]:
+    """(file name, expected sha256) of a version's ONNX file for ``variant``."""
+    if variant == "fp32":
+        return ONNX_FILE, str(metadata["sha256"])
+    int8 = metadata.get("int8") or {}
+    name = int8.get("file")
+    if not name or name not in metadata.get("files", {}):
+        raise ModelRefused("missing", f"version {metadata.get('version')} has no INT8 variant")
+    return name, str(metadata["files"][name])
 
 
 class ModelHolder:
-    def __init__(self, store: ObjectStore, cache_dir: Path, *, alias: str = "production", threads: int = 0):
+    """Follows one alias and holds the model it names (or the last good one)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        cache_dir: Path,
+        *,
+        alias: str = "production",
+        threads: int = 0,
+        variant: Variant = "fp32",
+        warm_batch: int = 1,
+    ):
         self.registry = Registry(store)
         self.cache_dir = cache_dir
         self.alias = alias
         self.threads = threads
+        self.variant = variant
+        self.warm_batch = warm_batch
         self.current: LiveModel | None = None
         self.swaps = 0
         self.refused = 0
+        self.refused_by_reason: Counter[str] = Counter()
+        self.store_errors = 0
         self.last_error: str | None = None
         self._refused_versions: set[tuple[str, str]] = set()
         self._refresh_lock = threading.Lock()
+        cache_dir.mkdir(parents=True, exist_ok=True)
 
-    def refresh(self) -> bool:
-        """Follow the alias once; True when a new model went live."""
+    def refresh(self, *, force: bool = False) -> bool:
+        """Follow the alias once; True when a new model went live.
+
+        ``force`` forgets earlier refusals, so a version refused for a reason since fixed
+        (say, a file re-uploaded) is tried again. Raises StoreError if the alias cannot be read.
+        """
         with self._refresh_lock:
+            if force:
+                self._refused_versions.clear()
             record, _ = self.registry.alias(self.alias)
             if record is None:
                 return False
@@ -83,47 +132,102 @@ class ModelHolder:
                 return False
             if (record.version, record.sha256) in self._refused_versions:
                 return False
+            started = time.perf_counter()
             try:
-                live = self._load(record)
-            except (ModelRefused, StoreError, ValueError, OSError) as exc:
+                try:
+                    live = self._load(record)
+                except NotFound as exc:
+                    raise ModelRefused("missing", f"a file of the version is missing: {exc}") from None
+            except StoreError as exc:  # transient: try again on the next poll
+                self.store_errors += 1
+                self.last_error = f"could not fetch {record.version}: {exc}"
+                log.warning("model %s not loaded, store error: %s", record.version, exc)
+                return False
+            except ModelRefused as exc:
                 self.refused += 1
-                self.last_error = f"refused {record.version}: {exc}"
+                self.refused_by_reason[exc.reason] += 1
+                self.last_error = f"refused {record.version} ({exc.reason}): {exc}"
                 self._refused_versions.add((record.version, record.sha256))
-                log.error("model %s refused: %s", record.version, exc)
+                log.error(
+                    "model %s refused (%s): %s; still serving %s",
+                    record.version,
+                    exc.reason,
+                    exc,
+                    current.version if current else None,
+                )
                 return False
             self.current = live  # the swap: one reference assignment
             self.swaps += 1
-            log.info("now serving model %s (was %s)", live.version, current.version if current else None)
+            self.last_error = None
+            log.info(
+                "now serving model %s (%s, was %s), loaded and checked in %.2f s",
+                live.version,
+                live.variant,
+                current.version if current else None,
+                time.perf_counter() - started,
+            )
             return True
 
     def _load(self, record: AliasRecord) -> LiveModel:
         metadata = self.registry.metadata(record.version)
         if metadata.get("sha256") != record.sha256:
-            raise ModelRefused("alias sha256 does not match the registered model")
+            raise ModelRefused("checksum", "alias sha256 does not match the registered model")
+        name, expected = model_file(metadata, self.variant)
         folder = self.cache_dir / record.version
-        path = folder / ONNX_FILE
-        if not path.is_file() or _sha256(path) != record.sha256:
-            self.registry.download(record.version, ONNX_FILE, path)
+        path = folder / name
+        if not path.is_file() or _sha256(path) != expected:
+            self.registry.download(record.version, name, path)
         digest = _sha256(path)
-        if digest != record.sha256:
+        if digest != expected:
             path.unlink(missing_ok=True)
-            raise ModelRefused(f"downloaded file has sha256 {digest[:12]}, registry says {record.sha256[:12]}")
-        canaries = self.registry.canaries(record.version)
-        model = OnnxModel(path, threads=self.threads)
+            raise ModelRefused("checksum", f"downloaded file has sha256 {digest[:12]}, registry says {expected[:12]}")
         try:
-            check_canaries(model, canaries)
-        except ValueError as exc:
-            raise ModelRefused(str(exc)) from None
+            canaries = self.registry.canaries(record.version)
+        except NotFound:
+            raise ModelRefused("missing", "the version has no canaries.npz") from None
+        model = self._open(path, metadata, canaries)
         (folder / "metadata.json").write_text(json.dumps(metadata))
-        self._remember(record.version)
-        return LiveModel(record.version, metadata, model)
+        live = LiveModel(record.version, metadata, model, self.variant)
+        self._remember(live, name)
+        return live
 
-    def _remember(self, version: str) -> None:
+    def _open(self, path: Path, metadata: dict[str, Any], canaries: dict[str, np.ndarray] | None = None) -> OnnxModel:
+        """Build the session, check its shape, warm it up, run the canaries."""
+        try:
+            model = OnnxModel(path, threads=self.threads)
+        except Exception as exc:  # onnxruntime raises its own exception types for broken graphs
+            raise ModelRefused("load", f"onnxruntime cannot load it: {exc}") from None
+        expected_size = metadata.get("input_size")
+        if expected_size is not None and int(expected_size) != model.image_size:
+            raise ModelRefused("shape", f"graph takes {model.image_size} px, metadata says {expected_size}")
+        try:
+            warm = np.zeros((self.warm_batch, model.image_size, model.image_size, 3), np.uint8)
+            scores, _ = model.predict(warm)
+        except Exception as exc:
+            raise ModelRefused("load", f"warm-up run failed: {exc}") from None
+        if scores.shape != (self.warm_batch,) or not np.isfinite(scores).all():
+            raise ModelRefused("output", f"warm-up gave scores {scores[:4]} of shape {scores.shape}")
+        if canaries is not None:
+            try:
+                if self.variant == "fp32":
+                    check_canaries(model, canaries, CANARY_TOLERANCE)
+                elif "expected_int8" in canaries:
+                    check_canaries(model, canaries, INT8_OWN_TOLERANCE, expected="expected_int8")
+                else:
+                    check_canaries(model, canaries, INT8_KERAS_TOLERANCE)
+            except ValueError as exc:
+                raise ModelRefused("canary", str(exc)) from None
+            except Exception as exc:
+                raise ModelRefused("canary", f"canary inputs do not run: {exc}") from None
+        return model
+
+    def _remember(self, live: LiveModel, name: str) -> None:
         tmp = self.cache_dir / (LAST_GOOD + ".part")
-        tmp.write_text(json.dumps({"version": version}))
+        tmp.write_text(json.dumps({"version": live.version, "file": name, "variant": live.variant}))
         tmp.replace(self.cache_dir / LAST_GOOD)
+        keep = {live.version, self.current.version if self.current else ""}
         for old in self.cache_dir.iterdir():  # keep the live and the newly good model only
-            if old.is_dir() and old.name not in (version, self.current.version if self.current else ""):
+            if old.is_dir() and old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load_cached(self) -> bool:
@@ -131,16 +235,23 @@ class ModelHolder:
         marker = self.cache_dir / LAST_GOOD
         if self.current is not None or not marker.is_file():
             return False
-        version = json.loads(marker.read_text())["version"]
-        folder = self.cache_dir / version
         try:
+            cached = json.loads(marker.read_text())
+            version, name = cached["version"], cached["file"]
+            folder = self.cache_dir / version
             metadata = json.loads((folder / "metadata.json").read_text())
-            if _sha256(folder / ONNX_FILE) != metadata["sha256"]:
-                raise ModelRefused("cached file does not match its sha256")
-            self.current = LiveModel(version, metadata, OnnxModel(folder / ONNX_FILE, threads=self.threads))
+            if cached.get("variant", "fp32") != self.variant:
+                raise ModelRefused("missing", f"cached file is {cached.get('variant')}, serving wants {self.variant}")
+            _, expected = model_file(metadata, self.variant)
+            if _sha256(folder / name) != expected:
+                raise ModelRefused("checksum", "cached file does not match its sha256")
+            model = self._open(folder / name, metadata)
         except (OSError, KeyError, ValueError, ModelRefused) as exc:
-            log.error("cached model %s unusable: %s", version, exc)
+            log.error("cached model unusable: %s", exc)
             return False
+        with self._refresh_lock:
+            if self.current is None:
+                self.current = LiveModel(version, metadata, model, self.variant)
         log.warning("object store unreachable: serving cached model %s", version)
         return True
 

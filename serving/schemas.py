@@ -24,14 +24,41 @@ class FeedbackOut(BaseModel):
     misclassified: bool
 
 
+class BatchItemError(BaseModel):
+    filename: str | None
+    status: int = Field(description="the HTTP status this file alone would have got")
+    error: str
+
+
+class BatchOut(BaseModel):
+    model_version: str
+    results: list[PredictionOut | BatchItemError] = Field(description="one per file, in the order sent")
+    latency_ms: float
+
+
+class ShadowOut(BaseModel):
+    alias: str
+    version: str
+    share: float = Field(description="share of predictions also scored by this model (never returned)")
+
+
+class AdminOut(BaseModel):
+    changed: bool = Field(description="a different model went live")
+    version: str | None = Field(description="the version now serving here")
+    alias_version: str | None = Field(None, description="where the alias points after the operation")
+    last_error: str | None
+
+
 class ModelOut(BaseModel):
     version: str
+    variant: Literal["fp32", "int8"]
     alias: str
     loaded_at: float
     swaps: int
     refused: int
     last_error: str | None
     metadata: dict[str, Any]
+    shadow: ShadowOut | None = None
 
 
 class Health(BaseModel):

@@ -106,7 +106,7 @@ def test_hot_swap_and_refusals(tmp_path: Path, model_store: tuple[LocalStore, st
     store, v1 = model_store
     registry = Registry(store)
     with TestClient(create_app(_settings(tmp_path, store))) as client:
-        holder = client.app.state.holder  # type: ignore[attr-defined]
+        holder = client.app.state.serving.holder  # type: ignore[attr-defined]
         v2 = register_trained(registry, trained_tiny)
         registry.promote(v2, reason="newer")
         assert holder.refresh() is True

@@ -1,0 +1,123 @@
+"""Prometheus metrics of one serving process (its own registry, so apps do not collide)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from serving.predlog import PredictionLog
+    from serving.runtime import ModelHolder
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _StateCollector(Collector):
+    """Reads the holders and the prediction log at scrape time."""
+
+    def __init__(self, holders: dict[str, ModelHolder], predlog: PredictionLog | None):
+        self.holders = holders
+        self.predlog = predlog
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "aidetect_model_info",
+            "The model each role serves (value 1)",
+            labels=["role", "alias", "version", "variant"],
+        )
+        loaded = GaugeMetricFamily(
+            "aidetect_model_loaded_timestamp_seconds", "When the live model went live", labels=["role"]
+        )
+        swaps = CounterMetricFamily("aidetect_model_swaps", "Models that went live", labels=["role"])
+        refused = CounterMetricFamily(
+            "aidetect_model_refused", "Model versions refused by a check", labels=["role", "reason"]
+        )
+        store_errors = CounterMetricFamily(
+            "aidetect_model_store_errors", "Model fetches that failed on the store", labels=["role"]
+        )
+        for role, holder in self.holders.items():
+            live = holder.current
+            if live is not None:
+                info.add_metric([role, holder.alias, live.version, live.variant], 1)
+                loaded.add_metric([role], live.loaded_at)
+            swaps.add_metric([role], holder.swaps)
+            for reason, count in holder.refused_by_reason.items():
+                refused.add_metric([role, reason], count)
+            store_errors.add_metric([role], holder.store_errors)
+        yield from (info, loaded, swaps, refused, store_errors)
+        if self.predlog is not None:
+            written = CounterMetricFamily("aidetect_prediction_log_written_records", "Prediction records in the store")
+            written.add_metric([], self.predlog.written_records)
+            yield written
+            spooled = GaugeMetricFamily(
+                "aidetect_prediction_log_spooled_records", "Records on local disk, waiting for the store"
+            )
+            spooled.add_metric([], self.predlog.spooled_records)
+            yield spooled
+            pending = GaugeMetricFamily("aidetect_prediction_log_pending_records", "Records in memory, not yet written")
+            pending.add_metric([], self.predlog.pending)
+            yield pending
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Histogram(
+            "aidetect_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter("aidetect_predictions", "Predictions by verdict", ["label"], registry=self.registry)
+        self.rejected_uploads = Counter(
+            "aidetect_rejected_uploads", "Uploads refused with a 4xx", ["reason"], registry=self.registry
+        )
+        self.feedback = Counter("aidetect_feedback", "Feedback reports received", ["status"], registry=self.registry)
+        self.batch_size = Histogram(
+            "aidetect_inference_batch_size",
+            "Images per onnxruntime run",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.shadow = Counter("aidetect_shadow_scores", "Shadow scoring outcomes", ["outcome"], registry=self.registry)
+
+    def watch(self, holders: dict[str, ModelHolder], predlog: PredictionLog | None) -> None:
+        self.registry.register(_StateCollector(holders, predlog))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetricsMiddleware:
+    """Times every HTTP request by route template (not raw path: ids would explode the labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], path, str(status)).observe(time.perf_counter() - started)

@@ -1,0 +1,93 @@
+"""Everything one serving process holds, built in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from aidetect.settings import Settings
+from model.calibration import apply_temperature, verdict
+from model.features import image_statistics
+from model.preprocess import to_model_input
+from serving.batching import MicroBatcher
+from serving.metrics import Metrics
+from serving.predlog import PredictionLog
+from serving.recent import RecentPredictions
+from serving.runtime import LiveModel, ModelHolder
+from storage import ObjectStore
+
+log = logging.getLogger("aidetect.serving")
+
+SHADOW_BACKLOG = 64  # shadow scores waiting beyond this are dropped, never queued without bound
+
+
+def calibrated(live: LiveModel, raw: float) -> tuple[str, float]:
+    """(verdict, calibrated P(ai)) for a raw model score."""
+    p = float(np.clip(apply_temperature(np.float32(raw), live.temperature), 0.0, 1.0))
+    return verdict(p, live.threshold, live.uncertain_band), p
+
+
+@dataclass
+class ServingState:
+    settings: Settings
+    store: ObjectStore
+    holder: ModelHolder
+    recent: RecentPredictions
+    batcher: MicroBatcher
+    metrics: Metrics
+    predlog: PredictionLog | None = None
+    shadow: ModelHolder | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    shadow_waiting: int = 0
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def log_prediction(self, record: dict[str, Any], image: Image.Image, data: bytes, pixels: np.ndarray) -> None:
+        """Finish the log record off the request path (statistics, shadow score), then buffer it."""
+        if self.predlog is None and self.shadow is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._complete(record, image, data, pixels))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _complete(self, record: dict[str, Any], image: Image.Image, data: bytes, pixels: np.ndarray) -> None:
+        try:
+            shadow = self.shadow.current if self.shadow is not None else None
+            if shadow is not None and self.rng.random() < self.settings.shadow_share:
+                await self._shadow_score(record, shadow, image, pixels)
+            if self.predlog is not None:
+                stats = await asyncio.to_thread(image_statistics, image, data)
+                record.update(stats)
+                self.predlog.add(record)
+        except Exception:  # a log record must never take the server down
+            log.exception("could not complete the log record of prediction %s", record.get("id"))
+
+    async def _shadow_score(
+        self, record: dict[str, Any], shadow: LiveModel, image: Image.Image, pixels: np.ndarray
+    ) -> None:
+        if self.shadow_waiting >= SHADOW_BACKLOG:
+            self.metrics.shadow.labels("dropped").inc()
+            return
+        self.shadow_waiting += 1
+        try:
+            if pixels.shape[0] != shadow.image_size:
+                pixels = await asyncio.to_thread(to_model_input, image, shadow.image_size)
+            raw, _ = await self.batcher.score(shadow.model, pixels)
+            label, p = calibrated(shadow, raw)
+            record.update(shadow_version=shadow.version, shadow_probability=p, shadow_label=label)
+            self.metrics.shadow.labels("agree" if label == record["label"] else "disagree").inc()
+        except Exception:
+            self.metrics.shadow.labels("failed").inc()
+            log.exception("shadow scoring with %s failed", shadow.version)
+        finally:
+            self.shadow_waiting -= 1
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
