@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     recent_predictions: int = Field(2048, ge=0, description="predictions kept in memory for feedback")
     ort_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = the cores this process may use")
+    ort_shared_pool: bool = Field(
+        True,
+        description="one process-wide onnxruntime thread pool (serving processes); it forbids "
+        "sessions with their own threads later in the same process",
+    )
     model_variant: Literal["fp32", "int8"] = Field("fp32", description="which ONNX file of a version to serve")
     batch_max_size: int = Field(16, ge=1, le=256, description="micro-batching: most images per session run")
     batch_max_wait_ms: float = Field(2.0, ge=0, le=100, description="micro-batching: wait for more while busy")

@@ -23,6 +23,31 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+_SHARED_POOL = False
+
+
+def share_thread_pool(threads: int = 0) -> bool:
+    """Make every later session in this process use one process-wide onnxruntime thread pool.
+
+    Serving calls this once at start. A session created later (the next model, built while the
+    live one serves) then starts no threads of its own: all inference runs on the same pool,
+    instead of two pools of spinning threads fighting for the cores during a swap. Returns
+    whether the shared pool is in use (False if this process already made sessions its own way).
+    """
+    global _SHARED_POOL
+    if _SHARED_POOL:
+        return True
+    from onnxruntime.capi import _pybind_state
+
+    try:
+        _pybind_state.set_global_thread_pool_sizes(threads or available_cores(), 1)
+    except Exception as exc:  # pools made earlier in this process: keep per-session threads
+        if "already been created" not in str(exc):
+            return False
+    _SHARED_POOL = True
+    return True
+
+
 class OnnxModel:
     """An onnxruntime session over a detector exported by ``model.export``."""
 
@@ -30,8 +55,11 @@ class OnnxModel:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
-        options.inter_op_num_threads = 1
+        if _SHARED_POOL:
+            options.use_per_session_threads = False
+        else:
+            options.intra_op_num_threads = threads or available_cores()
+            options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -68,7 +96,17 @@ def check_canaries(
     for the FP32 file) or ``expected_int8`` (the INT8 file's own, recorded at export).
     """
     scores, _ = model.predict(canaries["inputs"])
-    diff = float(np.max(np.abs(scores - canaries[expected].reshape(-1)))) if len(scores) else 0.0
+    return compare_canaries(scores, canaries, tolerance, expected)
+
+
+def compare_canaries(
+    scores: np.ndarray, canaries: dict[str, np.ndarray], tolerance: float = 1e-4, expected: str = "expected"
+) -> float:
+    """The max abs difference between ``scores`` and the recorded canary outputs, or ValueError."""
+    reference = canaries[expected].reshape(-1)
+    if scores.shape != reference.shape:
+        raise ValueError(f"canaries gave {scores.shape[0]} scores, {reference.shape[0]} were recorded")
+    diff = float(np.max(np.abs(scores - reference))) if len(scores) else 0.0
     if not np.isfinite(diff) or diff > tolerance:
         raise ValueError(f"canary outputs differ from those recorded at export by {diff:.2e} (> {tolerance:.0e})")
     return diff

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from aidetect.settings import Settings, get_settings
+from model.inference import share_thread_pool
 from serving.batching import MicroBatcher
 from serving.metrics import Metrics, RequestMetricsMiddleware
 from serving.predlog import PredictionLog
@@ -25,11 +29,32 @@ log = logging.getLogger("aidetect.serving")
 STATIC = Path(__file__).parent / "static"
 
 
-async def _follow_alias(holders: list[ModelHolder], interval: float) -> None:
+LOADER_NICE = 19
+
+
+def _lower_priority() -> None:
+    """The model-loader thread (download, sha256, metadata) yields the cores to live requests.
+
+    A nice value, not SCHED_IDLE: an idle-class thread can wait forever on a saturated replica,
+    which would then never pick up a new model. Building the session and running the checks
+    happen on the inference thread, between live batches (see ``ModelHolder.runner``).
+    """
+    with contextlib.suppress(AttributeError, OSError):  # per thread on Linux
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICE)
+
+
+def model_loader() -> ThreadPoolExecutor:
+    """One low-priority thread that downloads, verifies and builds new models (never a request)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader", initializer=_lower_priority)
+
+
+async def _follow_alias(holders: list[ModelHolder], interval: float, loader: ThreadPoolExecutor) -> None:
+    loop = asyncio.get_running_loop()
     while True:
         for holder in holders:
             try:
-                await asyncio.to_thread(holder.refresh)
+                await loop.run_in_executor(loader, holder.release_memory)  # of the model swapped out last time
+                await loop.run_in_executor(loader, holder.refresh)
             except StoreError as exc:
                 holder.store_errors += 1
                 log.warning("alias %s: check failed (store unreachable?): %s", holder.alias, exc)
@@ -38,13 +63,14 @@ async def _follow_alias(holders: list[ModelHolder], interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def _start_holder(holder: ModelHolder) -> None:
+async def _start_holder(holder: ModelHolder, loader: ThreadPoolExecutor) -> None:
+    loop = asyncio.get_running_loop()
     try:
-        await asyncio.to_thread(holder.refresh)
+        await loop.run_in_executor(loader, holder.refresh)
     except StoreError as exc:
         log.warning("object store unreachable at start (alias %s): %s", holder.alias, exc)
     if holder.current is None:
-        await asyncio.to_thread(holder.load_cached)
+        await loop.run_in_executor(loader, holder.load_cached)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,14 +80,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = settings.open_store()
+        if settings.ort_shared_pool:
+            share_thread_pool(settings.ort_threads)
+        loader = model_loader()
         models_dir = settings.cache_dir / "models"
+        batcher = MicroBatcher(
+            settings.batch_max_size, settings.batch_max_wait_ms / 1000, on_batch=metrics.batch_size.observe
+        )
+        await batcher.start()
         holder = ModelHolder(
             store,
             models_dir / settings.model_alias,
             alias=settings.model_alias,
-            warm_batch=settings.batch_max_size,
             threads=settings.ort_threads,
             variant=settings.model_variant,
+            runner=batcher.run_blocking,
         )
         holders = [holder]
         shadow = None
@@ -72,10 +105,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 alias=settings.shadow_alias,
                 threads=settings.ort_threads,
                 variant=settings.model_variant,
+                runner=batcher.run_blocking,
             )
             holders.append(shadow)
         for each in holders:
-            await _start_holder(each)
+            await _start_holder(each, loader)
         predlog = None
         if settings.prediction_log:
             predlog = PredictionLog(
@@ -84,10 +118,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 flush_seconds=settings.log_flush_seconds,
                 batch_size=settings.log_batch_size,
             )
-        batcher = MicroBatcher(
-            settings.batch_max_size, settings.batch_max_wait_ms / 1000, on_batch=metrics.batch_size.observe
-        )
-        await batcher.start()
         state = ServingState(
             settings=settings,
             store=store,
@@ -97,10 +127,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
             predlog=predlog,
             shadow=shadow,
+            loader=loader,
         )
         metrics.watch({"production": holder, **({"shadow": shadow} if shadow else {})}, predlog)
         app.state.serving = state
-        tasks = [asyncio.create_task(_follow_alias(holders, settings.alias_poll_seconds), name="follow-alias")]
+        tasks = [asyncio.create_task(_follow_alias(holders, settings.alias_poll_seconds, loader), name="follow-alias")]
         if predlog is not None:
             tasks.append(asyncio.create_task(predlog.run(), name="prediction-log"))
         try:
@@ -113,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if state.background:  # log records still being completed
                 await asyncio.wait(state.background, timeout=10)
             await batcher.stop()
+            loader.shutdown(wait=False, cancel_futures=True)
             if predlog is not None:
                 try:
                     await asyncio.to_thread(predlog.flush)

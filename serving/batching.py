@@ -17,12 +17,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from model.inference import OnnxModel
 
 log = logging.getLogger("aidetect.serving")
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,6 +54,10 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._executor.shutdown(wait=True)
+
+    def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the inference thread, between batches (from a thread, not the event loop)."""
+        return self._executor.submit(fn).result()
 
     async def score(self, model: OnnxModel, pixels: np.ndarray) -> tuple[float, np.ndarray]:
         """One image's (P(ai) before calibration, embedding)."""

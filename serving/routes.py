@@ -30,7 +30,7 @@ from serving.schemas import (
     PredictionOut,
     ShadowOut,
 )
-from serving.state import ServingState, calibrated, now
+from serving.state import ServingState, calibrated, in_loader, now
 from storage import StoreError
 from storage.layout import image_extension, put_image
 
@@ -328,7 +328,7 @@ AdminDep = Depends(_require_admin)
 async def admin_reload(state: StateDep) -> AdminOut:
     """Follow the alias now, retrying versions refused earlier."""
     try:
-        changed = await asyncio.to_thread(state.holder.refresh, force=True)
+        changed = await in_loader(state, lambda: state.holder.refresh(force=True))
     except StoreError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"object store unavailable: {exc}") from None
     live = state.holder.current
@@ -347,7 +347,7 @@ async def admin_rollback(state: StateDep) -> AdminOut:
     holder = state.holder
     try:
         record = await asyncio.to_thread(holder.registry.rollback, holder.alias, reason="admin rollback via API")
-        changed = await asyncio.to_thread(holder.refresh)
+        changed = await in_loader(state, holder.refresh)
     except (ValueError, AliasConflict) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except StoreError as exc:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -25,6 +27,7 @@ from storage import ObjectStore
 
 log = logging.getLogger("aidetect.serving")
 
+T = TypeVar("T")
 SHADOW_BACKLOG = 64  # shadow scores waiting beyond this are dropped, never queued without bound
 
 
@@ -44,6 +47,7 @@ class ServingState:
     metrics: Metrics
     predlog: PredictionLog | None = None
     shadow: ModelHolder | None = None
+    loader: ThreadPoolExecutor | None = None  # the low-priority model-loader thread
     rng: random.Random = field(default_factory=random.Random)
     shadow_waiting: int = 0
     background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -87,6 +91,13 @@ class ServingState:
             log.exception("shadow scoring with %s failed", shadow.version)
         finally:
             self.shadow_waiting -= 1
+
+
+async def in_loader(state: ServingState, fn: Callable[[], T]) -> T:
+    """Run model-loading work on the loader thread (or a worker thread if there is none)."""
+    if state.loader is None:
+        return await asyncio.to_thread(fn)
+    return await asyncio.get_running_loop().run_in_executor(state.loader, fn)
 
 
 def now() -> datetime:

@@ -15,6 +15,10 @@ from storage import LocalStore, ObjectStore
 from tests.helpers import extract_subset, free_port, shared_data
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# In-process apps keep per-session onnxruntime threads: once a process-wide pool exists, the
+# sessions that training, export and quantisation tests create in this process would fail.
+# Served subprocesses (tests/e2e) turn it back on.
+os.environ["AIDETECT_ORT_SHARED_POOL"] = "false"
 
 
 @pytest.fixture(scope="session")

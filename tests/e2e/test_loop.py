@@ -87,7 +87,7 @@ def test_the_loop_end_to_end(
             "--port",
             str(port),
         ],
-        env={**os.environ, **serving_env},
+        env={**os.environ, **serving_env, "AIDETECT_ORT_SHARED_POOL": "true"},
         stdout=log,
         stderr=subprocess.STDOUT,
     )

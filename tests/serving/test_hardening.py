@@ -274,3 +274,44 @@ def test_uploads_get_a_verdict_or_a_clear_4xx(
         assert annotated.height > annotated.width
     assert mean_client.get("/healthz").status_code == 200
     assert mean_client.post("/v1/predict", files={"file": ("ok.jpg", image_bytes())}).status_code == 200
+
+
+def test_the_old_session_is_released_on_the_poll_after_a_swap(
+    tmp_path: Path, mean_store: tuple[LocalStore, str]
+) -> None:
+    import gc
+    import weakref
+
+    store, _ = mean_store
+    registry = Registry(store)
+    with TestClient(create_app(settings_for(tmp_path, store, alias_poll_seconds=3600))) as client:
+        holder = client.app.state.serving.holder  # type: ignore[attr-defined]
+        assert holder.release_memory() is False  # nothing swapped out yet
+        old = weakref.ref(holder.current.model)
+        registry.promote(register_onnx(registry, mean_brightness_model(tmp_path / "v2.onnx")), reason="newer")
+        assert holder.refresh() is True
+        holder.release_memory()
+        gc.collect()
+        assert old() is None  # nothing keeps the swapped-out session alive
+        assert holder.release_memory() is False  # once per swap
+
+
+def test_serving_uses_one_shared_onnxruntime_pool(tmp_path: Path, mean_store: tuple[LocalStore, str]) -> None:
+    """In its own process (as deployed): the live model and the next one share one thread pool."""
+    import subprocess
+    import sys
+
+    store, _ = mean_store
+    code = f"""
+from fastapi.testclient import TestClient
+from aidetect.settings import Settings
+import model.inference as inference
+from serving.app import create_app
+settings = Settings(home={str(tmp_path / "h")!r}, store_url={str(store.root)!r}, ort_shared_pool=True)
+with TestClient(create_app(settings)) as client:
+    assert client.post("/v1/predict", files={{"file": ("x.jpg", {image_bytes()!r})}}).status_code == 200
+    options = client.app.state.serving.holder.current.model.session.get_session_options()
+    assert inference._SHARED_POOL and not options.use_per_session_threads, options.use_per_session_threads
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
