@@ -41,6 +41,78 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feedback_state(min_agreeing: int, max_per_client: int) -> tuple[Any, Any, Any, Any]:
+    from feedback.policy import Policy, decide
+    from feedback.reviews import load_reviews
+    from feedback.store import iter_feedback
+
+    store = get_settings().open_store()
+    records = list(iter_feedback(store))
+    reviews = load_reviews(store)
+    decisions = decide(records, reviews, Policy(min_agreeing_clients=min_agreeing, max_per_client=max_per_client))
+    return store, records, reviews, decisions
+
+
+def _cmd_feedback_list(args: argparse.Namespace) -> int:
+    _, records, _, decisions = _feedback_state(args.min_agreeing_clients, args.max_per_client)
+    shown = 0
+    for record in records:
+        decision = decisions[record.id]
+        if args.status != "all" and decision.status != args.status:
+            continue
+        shown += 1
+        print(
+            f"{record.id}\t{decision.status}\tclaims {record.claimed_label}\tmodel said {record.predicted_label}"
+            f"\timage {record.image_sha256[:12]}\tclient {record.client}\t{decision.reason}"
+        )
+    print(f"{shown} of {len(records)} reports", file=sys.stderr)
+    return 0
+
+
+def _cmd_feedback_show(args: argparse.Namespace) -> int:
+    _, records, reviews, decisions = _feedback_state(args.min_agreeing_clients, args.max_per_client)
+    by_id = {r.id: r for r in records}
+    if args.id not in by_id:
+        raise UsageError(f"no feedback report {args.id!r}")
+    record = by_id[args.id]
+    same_image = [r for r in records if r.image_sha256 == record.image_sha256]
+    out = {
+        "report": json.loads(record.model_dump_json()),
+        "status": decisions[record.id].status,
+        "reason": decisions[record.id].reason,
+        "review": reviews[record.id].__dict__ if record.id in reviews else None,
+        "other_reports_of_this_image": [
+            {"id": r.id, "claimed_label": r.claimed_label, "client": r.client, "status": decisions[r.id].status}
+            for r in same_image
+            if r.id != record.id
+        ],
+    }
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def _cmd_feedback_decide(args: argparse.Namespace) -> int:
+    from feedback.reviews import save_review
+
+    store, records, _, decisions = _feedback_state(args.min_agreeing_clients, args.max_per_client)
+    known = {r.id for r in records}
+    ids = list(args.ids)
+    if args.all_quarantined:
+        ids += [r.id for r in records if decisions[r.id].status == "quarantined" and r.id not in ids]
+    if not ids:
+        raise UsageError("name report ids, or pass --all-quarantined")
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise UsageError(
+            f"no feedback report {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+        )
+    reviewer = args.reviewer or os.environ.get("USER") or "reviewer"
+    for feedback_id in ids:
+        save_review(store, feedback_id, args.decision, reviewer, args.note)
+    print(f"{args.decision}ed {len(ids)} report(s) as {reviewer}")
+    return 0
+
+
 def _cmd_model_list(args: argparse.Namespace) -> int:
     from model.registry import Registry
 
@@ -172,6 +244,31 @@ def build_parser() -> argparse.ArgumentParser:
     gat = flw.add_parser("gather-feedback", help="misclassified feedback -> a dataset version")
     gat.add_argument("--dataset", default="feedback")
     gat.set_defaults(func=_cmd_flow_gather)
+
+    fbk = commands.add_parser("feedback", help="feedback reports").add_subparsers(
+        dest="feedback_command", required=True
+    )
+    rev = fbk.add_parser("review", help="list, show, accept or reject reports").add_subparsers(
+        dest="review_command", required=True
+    )
+    policy_args = argparse.ArgumentParser(add_help=False)
+    policy_args.add_argument("--min-agreeing-clients", type=_positive_int, default=2)
+    policy_args.add_argument("--max-per-client", type=_positive_int, default=50)
+    rls = rev.add_parser("list", help="reports with their status and why", parents=[policy_args])
+    rls.add_argument("--status", choices=["quarantined", "accepted", "rejected", "all"], default="quarantined")
+    rls.set_defaults(func=_cmd_feedback_list)
+    rsh = rev.add_parser(
+        "show", help="one report, its review and the other reports of its image", parents=[policy_args]
+    )
+    rsh.add_argument("id")
+    rsh.set_defaults(func=_cmd_feedback_show)
+    for decision in ("accept", "reject"):
+        cmd = rev.add_parser(decision, help=f"{decision} reports (the latest decision wins)", parents=[policy_args])
+        cmd.add_argument("ids", nargs="*", help="report ids")
+        cmd.add_argument("--all-quarantined", action="store_true", help="every report now in quarantine")
+        cmd.add_argument("--reviewer", default=None, help="your name (default: $USER)")
+        cmd.add_argument("--note", default=None)
+        cmd.set_defaults(func=_cmd_feedback_decide, decision=decision)
 
     srv = commands.add_parser("serve", help="run the HTTP service")
     srv.add_argument("--host", default="127.0.0.1")

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     log_flush_seconds: float = Field(5.0, gt=0, description="prediction log: most seconds between writes")
     log_batch_size: int = Field(1000, ge=1, description="prediction log: most records per file")
 
+    # feedback
+    feedback_per_minute: float = Field(30, gt=0, description="feedback reports a minute per client (per replica)")
+    feedback_burst: int = Field(10, ge=1, description="feedback reports a client may send at once")
+    feedback_min_agreeing_clients: int = Field(2, ge=1, description="independent clients needed to accept a claim")
+    feedback_max_per_client: int = Field(50, ge=1, description="most images one client brings into a dataset version")
+    outbox_flush_seconds: float = Field(5.0, gt=0, description="how often queued feedback is retried")
+
     @field_validator("store_url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:

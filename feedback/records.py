@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from storage.layout import utcnow
 
@@ -15,7 +15,7 @@ Label = Literal["ai", "real"]
 
 
 class FeedbackRecord(BaseModel):
-    id: str = Field(default_factory=lambda: secrets.token_hex(8))
+    id: str = Field("", description="<yyyymmdd><12 hex>: the date locates the record in the store")
     image_sha256: str
     image_key: str
     claimed_label: Label
@@ -27,7 +27,14 @@ class FeedbackRecord(BaseModel):
     note: str | None = Field(None, max_length=2000)
     generator: str | None = Field(None, max_length=200)
     created_at: datetime = Field(default_factory=utcnow)
-    status: Literal["new", "accepted", "rejected"] = "new"
+    # As submitted; what is believed (quarantined, accepted, rejected) comes from feedback.policy.
+    status: Literal["new", "quarantined", "accepted", "rejected"] = "quarantined"
+
+    @model_validator(mode="after")
+    def _dated_id(self) -> FeedbackRecord:
+        if not self.id:
+            self.id = f"{self.created_at:%Y%m%d}{secrets.token_hex(6)}"
+        return self
 
     @property
     def misclassified(self) -> bool:

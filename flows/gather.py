@@ -5,8 +5,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from feedback.policy import Policy, select_for_training
 from feedback.records import FeedbackRecord
-from feedback.selection import select_for_training
+from feedback.reviews import load_reviews
 from feedback.store import iter_feedback
 from flows.common import store_for
 from model.data import list_datasets, read_manifest, write_dataset_version
@@ -18,16 +19,32 @@ def load_feedback(store_url: str | None) -> list[FeedbackRecord]:
 
 
 @flow(name="gather-feedback", log_prints=True)
-def gather_feedback(dataset: str = "feedback", store_url: str | None = None) -> str | None:
-    """Write a dataset version with every misclassified, unambiguous feedback image so far.
+def gather_feedback(
+    dataset: str = "feedback",
+    store_url: str | None = None,
+    min_agreeing_clients: int = 2,
+    max_per_client: int = 50,
+) -> str | None:
+    """Write a dataset version with every accepted, misclassified feedback image so far.
 
-    Idempotent: when nothing new was reported, no version is written and the latest is returned.
+    Accepted means a reviewer accepted the claim, or ``min_agreeing_clients`` independent
+    clients made it and none contradicted it; each client contributes at most
+    ``max_per_client`` images (see ``feedback.policy``). Idempotent: when nothing new was
+    accepted, no version is written and the latest is returned.
     """
     logger = get_run_logger()
     store = store_for(store_url)
     records = load_feedback(store_url)
-    chosen = select_for_training(records)
-    logger.info("%d feedback records, %d misclassified and unambiguous", len(records), len(chosen))
+    reviews = load_reviews(store)
+    policy = Policy(min_agreeing_clients=min_agreeing_clients, max_per_client=max_per_client)
+    selected = select_for_training(records, reviews, policy)
+    chosen = [record.model_copy(update={"claimed_label": label}) for record, label in selected]
+    logger.info(
+        "%d feedback records (%d reviewed), %d images accepted and misclassified",
+        len(records),
+        len(reviews),
+        len(chosen),
+    )
     versions = list_datasets(store).get(dataset, [])
     wanted = {(r.image_sha256, r.claimed_label) for r in chosen}
     if versions:
@@ -54,7 +71,8 @@ def gather_feedback(dataset: str = "feedback", store_url: str | None = None) -> 
         rows,
         parents=[f"{dataset}@{versions[-1]}"] if versions else [],
         progress=logger.info,
-        extra={"feedback_ids": [r.id for r in chosen]},
+        # every report behind an accepted claim, so each reporter can see where theirs went
+        extra={"feedback_ids": sorted(r.id for r in records if (r.image_sha256, r.claimed_label) in wanted)},
     )
     ai = sum(r.claimed_label == "ai" for r in chosen)
     create_markdown_artifact(

@@ -15,15 +15,18 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from aidetect.settings import Settings, get_settings
+from feedback.outbox import Outbox
+from feedback.policy import Policy
 from model.inference import share_thread_pool
 from serving.batching import MicroBatcher
 from serving.metrics import Metrics, RequestMetricsMiddleware
 from serving.predlog import PredictionLog
+from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
 from serving.routes import router
 from serving.runtime import ModelHolder
 from serving.state import ServingState
-from storage import StoreError
+from storage import ObjectStore, StoreError
 
 log = logging.getLogger("aidetect.serving")
 STATIC = Path(__file__).parent / "static"
@@ -60,6 +63,17 @@ async def _follow_alias(holders: list[ModelHolder], interval: float, loader: Thr
                 log.warning("alias %s: check failed (store unreachable?): %s", holder.alias, exc)
             except Exception:  # keep following whatever one check hit
                 log.exception("alias %s: check failed", holder.alias)
+        await asyncio.sleep(interval)
+
+
+async def _flush_outbox(outbox: Outbox, store: ObjectStore, interval: float) -> None:
+    """Send feedback queued while the store was down (also what an earlier run left behind)."""
+    while True:
+        if outbox.pending():
+            try:
+                await asyncio.to_thread(outbox.flush, store)
+            except Exception:  # keep trying; entries stay on disk
+                log.exception("feedback outbox flush failed")
         await asyncio.sleep(interval)
 
 
@@ -118,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 flush_seconds=settings.log_flush_seconds,
                 batch_size=settings.log_batch_size,
             )
+        outbox = Outbox(settings.cache_dir / "outbox" / "feedback")
         state = ServingState(
             settings=settings,
             store=store,
@@ -128,12 +143,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             predlog=predlog,
             shadow=shadow,
             loader=loader,
+            outbox=outbox,
+            feedback_limiter=RateLimiter(settings.feedback_per_minute, settings.feedback_burst),
+            feedback_policy=Policy(
+                min_agreeing_clients=settings.feedback_min_agreeing_clients,
+                max_per_client=settings.feedback_max_per_client,
+            ),
         )
         metrics.watch({"production": holder, **({"shadow": shadow} if shadow else {})}, predlog)
         app.state.serving = state
         tasks = [asyncio.create_task(_follow_alias(holders, settings.alias_poll_seconds, loader), name="follow-alias")]
         if predlog is not None:
             tasks.append(asyncio.create_task(predlog.run(), name="prediction-log"))
+        tasks.append(asyncio.create_task(_flush_outbox(outbox, store, settings.outbox_flush_seconds), name="outbox"))
         try:
             yield
         finally:

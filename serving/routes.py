@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import time
 from typing import Annotated, Literal
@@ -13,7 +14,8 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Reque
 from PIL import Image
 
 from feedback.records import FeedbackRecord, hash_client
-from feedback.store import save_feedback
+from feedback.status import report_status
+from feedback.store import get_feedback, save_feedback
 from model.preprocess import InvalidImage, decode_image, to_model_input
 from model.registry import AliasConflict
 from serving.annotate import annotate
@@ -25,6 +27,7 @@ from serving.schemas import (
     BatchItemError,
     BatchOut,
     FeedbackOut,
+    FeedbackStatusOut,
     Health,
     ModelOut,
     PredictionOut,
@@ -32,9 +35,10 @@ from serving.schemas import (
 )
 from serving.state import ServingState, calibrated, in_loader, now
 from storage import StoreError
-from storage.layout import image_extension, put_image
+from storage.layout import image_extension, image_key, put_image
 
 router = APIRouter()
+log = logging.getLogger("aidetect.serving")
 
 PROBLEM = {"model": dict[str, str], "description": "a JSON body {detail: message}"}
 
@@ -201,10 +205,11 @@ async def annotated(state: StateDep, prediction_id: str) -> Response:
     response_model=FeedbackOut,
     status_code=status.HTTP_201_CREATED,
     tags=["feedback"],
-    responses={400: PROBLEM, 404: PROBLEM, 413: PROBLEM, 503: PROBLEM},
+    responses={202: {"model": FeedbackOut}, 400: PROBLEM, 404: PROBLEM, 413: PROBLEM, 429: PROBLEM, 503: PROBLEM},
 )
 async def submit_feedback(
     request: Request,
+    response: Response,
     state: StateDep,
     label: Annotated[Literal["ai", "real"], Form(description="the right label for the image")],
     prediction_id: Annotated[str | None, Form(max_length=64)] = None,
@@ -212,7 +217,23 @@ async def submit_feedback(
     note: Annotated[str | None, Form(max_length=2000)] = None,
     generator: Annotated[str | None, Form(max_length=200)] = None,
 ) -> FeedbackOut:
-    """Claim the right label for an earlier prediction (by id) or for an uploaded image."""
+    """Claim the right label for an earlier prediction (by id) or for an uploaded image.
+
+    201: stored, in quarantine until independent clients agree or a reviewer accepts it.
+    202: the store is down; kept in this replica's outbox and sent when it is back.
+    429: this client sent too many reports; retry after the seconds in ``Retry-After``.
+    """
+    fingerprint = hash_client(
+        f"{request.client.host if request.client else 'unknown'}|{request.headers.get('user-agent', '')}"
+    )
+    wait = state.feedback_limiter.take(fingerprint)
+    if wait > 0:
+        state.metrics.feedback.labels("rate_limited").inc()
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"too many feedback reports from this client; try again in {wait:.0f} s",
+            headers={"Retry-After": str(max(1, round(wait)))},
+        )
     recent = state.recent
     known = recent.get(prediction_id) if prediction_id else None
     if prediction_id and known is None and file is None:
@@ -243,39 +264,84 @@ async def submit_feedback(
             raise _bad_upload(state, exc) from None
         except InvalidImage as exc:
             raise _bad_upload(state, BadUpload(400, "unreadable", f"cannot read the image: {exc}")) from None
-    client = request.client.host if request.client else "unknown"
+    client = fingerprint
     store = state.store
+    record = FeedbackRecord(
+        image_sha256=hashlib.sha256(data).hexdigest(),
+        image_key=image_key(hashlib.sha256(data).hexdigest(), ext),
+        claimed_label=label,
+        prediction_id=prediction_id if known else None,
+        predicted_label=predicted,
+        predicted_score=score,
+        model_version=version,
+        client=client,
+        note=note,
+        generator=generator,
+    )
 
-    def persist() -> FeedbackRecord:
-        sha, key = put_image(store, data, ext)
-        record = FeedbackRecord(
-            image_sha256=sha,
-            image_key=key,
-            claimed_label=label,
-            prediction_id=prediction_id if known else None,
-            predicted_label=predicted,
-            predicted_score=score,
-            model_version=version,
-            client=hash_client(f"{client}|{request.headers.get('user-agent', '')}"),
-            note=note,
-            generator=generator,
-        )
+    def persist() -> None:
+        put_image(store, data, ext)
         save_feedback(store, record)
-        return record
 
+    status_text = "quarantined"
     try:
-        record = await asyncio.to_thread(persist)
-    except StoreError as exc:
-        state.metrics.feedback.labels("store_unavailable").inc()
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"feedback store unavailable: {exc}") from None
-    state.metrics.feedback.labels(record.status).inc()
+        await asyncio.to_thread(persist)
+        response.status_code = status.HTTP_201_CREATED
+    except StoreError as exc:  # keep it locally and send it when the store is back
+        try:
+            await asyncio.to_thread(state.outbox.put, record, data, ext)
+        except OSError as disk:
+            state.metrics.feedback.labels("lost").inc()
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"feedback store unavailable ({exc}) and local outbox full ({disk})",
+            ) from None
+        log.warning("feedback %s queued in the outbox: %s", record.id, exc)
+        response.status_code = status.HTTP_202_ACCEPTED
+        status_text = "queued"
+    state.metrics.feedback.labels(status_text).inc()
     return FeedbackOut(
         id=record.id,
-        status=record.status,
+        status=status_text,
         claimed_label=record.claimed_label,
         predicted_label=record.predicted_label,
         model_version=record.model_version,
         misclassified=record.misclassified,
+    )
+
+
+@router.get("/v1/feedback/{feedback_id}", response_model=FeedbackStatusOut, tags=["feedback"], responses={404: PROBLEM})
+async def feedback_status(state: StateDep, feedback_id: str) -> FeedbackStatusOut:
+    """Was my report accepted, and which model version learnt from it?
+
+    ``queued``: accepted by this replica while the store was down, not yet sent;
+    ``quarantined``: waiting for agreement from other clients or a reviewer; ``accepted``;
+    ``rejected`` (the reason says why).
+    """
+    queued = state.outbox.get(feedback_id)
+    if queued is not None:
+        return FeedbackStatusOut(
+            id=feedback_id,
+            status="queued",
+            reason="the store is unavailable; it will be sent when it is back",
+            claimed_label=queued.claimed_label,
+            created_at=queued.created_at,
+        )
+    try:
+        record = await asyncio.to_thread(get_feedback, state.store, feedback_id)
+        if record is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no feedback report {feedback_id!r}")
+        found = await asyncio.to_thread(report_status, state.store, record, state.feedback_policy)
+    except StoreError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"feedback store unavailable: {exc}") from None
+    return FeedbackStatusOut(
+        id=feedback_id,
+        status=found.status,  # type: ignore[arg-type]
+        reason=found.reason,
+        claimed_label=record.claimed_label,
+        created_at=record.created_at,
+        dataset_versions=found.dataset_versions,
+        model_versions=found.model_versions,
     )
 
 

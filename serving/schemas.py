@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -22,6 +23,16 @@ class FeedbackOut(BaseModel):
     predicted_label: str | None
     model_version: str | None
     misclassified: bool
+
+
+class FeedbackStatusOut(BaseModel):
+    id: str
+    status: Literal["queued", "quarantined", "accepted", "rejected"]
+    reason: str
+    claimed_label: Literal["ai", "real"]
+    created_at: datetime
+    dataset_versions: list[str] = Field([], description="feedback dataset versions that include it")
+    model_versions: list[str] = Field([], description="model versions trained on those")
 
 
 class BatchItemError(BaseModel):

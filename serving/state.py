@@ -15,12 +15,15 @@ import numpy as np
 from PIL import Image
 
 from aidetect.settings import Settings
+from feedback.outbox import Outbox
+from feedback.policy import Policy
 from model.calibration import apply_temperature, verdict
 from model.features import image_statistics
 from model.preprocess import to_model_input
 from serving.batching import MicroBatcher
 from serving.metrics import Metrics
 from serving.predlog import PredictionLog
+from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
 from serving.runtime import LiveModel, ModelHolder
 from storage import ObjectStore
@@ -45,6 +48,9 @@ class ServingState:
     recent: RecentPredictions
     batcher: MicroBatcher
     metrics: Metrics
+    outbox: Outbox  # feedback accepted while the store is down
+    feedback_limiter: RateLimiter
+    feedback_policy: Policy
     predlog: PredictionLog | None = None
     shadow: ModelHolder | None = None
     loader: ThreadPoolExecutor | None = None  # the low-priority model-loader thread

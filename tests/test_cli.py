@@ -53,3 +53,30 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad_store.returncode == 2 and "store_url" in bad_store.stderr
+
+
+def test_feedback_review_lists_accepts_and_refuses_unknown_ids(tmp_path: Path) -> None:
+    from feedback.records import FeedbackRecord
+    from feedback.store import save_feedback
+    from storage import LocalStore
+
+    home = tmp_path / "home"
+    store = LocalStore(home / "store")
+    reports = [
+        FeedbackRecord(image_sha256=f"s{i}", image_key=f"images/s{i}.jpg", claimed_label="ai", client="c")
+        for i in range(3)
+    ]
+    for record in reports:
+        save_feedback(store, record)
+    listed = _run(["feedback", "review", "list"], home)
+    assert listed.returncode == 0, listed.stderr
+    assert all(r.id in listed.stdout for r in reports) and "waiting for 1 more" in listed.stdout
+    accepted = _run(["feedback", "review", "accept", reports[0].id, "--reviewer", "alice"], home)
+    assert accepted.returncode == 0 and "accepted 1 report(s) as alice" in accepted.stdout
+    shown = _run(["feedback", "review", "show", reports[0].id], home)
+    assert '"status": "accepted"' in shown.stdout and '"reviewer": "alice"' in shown.stdout
+    rest = _run(["feedback", "review", "reject", "--all-quarantined"], home)
+    assert rest.returncode == 0 and "rejected 2 report(s)" in rest.stdout
+    assert _run(["feedback", "review", "list"], home).stdout == ""
+    unknown = _run(["feedback", "review", "accept", "nope"], home)
+    assert unknown.returncode == 2 and "no feedback report 'nope'" in unknown.stderr
