@@ -6,7 +6,7 @@ DATA ?= ../shared/data/cifake-dev.tar.gz
 NEWGEN ?= ../shared/data/newgen-dev.tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint stop serve lock clean
+.PHONY: install demo test lint stop serve lock clean browser
 
 $(BIN)/aidetect: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ install: $(BIN)/aidetect
 demo: install
 	$(BIN)/aidetect demo --data "$(DATA)" --newgen "$(NEWGEN)"
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The web page tests drive Debian's chromium (Playwright's own browser download is not used).
+browser:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing chromium for the browser tests (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check .

@@ -19,6 +19,7 @@ from feedback.outbox import Outbox
 from feedback.policy import Policy
 from model.inference import share_thread_pool
 from serving.batching import MicroBatcher
+from serving.history import History
 from serving.metrics import Metrics, RequestMetricsMiddleware
 from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             shadow=shadow,
             loader=loader,
             outbox=outbox,
+            history=History(),
             feedback_limiter=RateLimiter(settings.feedback_per_minute, settings.feedback_burst),
             feedback_policy=Policy(
                 min_agreeing_clients=settings.feedback_min_agreeing_clients,

@@ -59,6 +59,10 @@ class MicroBatcher:
         """Run ``fn`` on the inference thread, between batches (from a thread, not the event loop)."""
         return self._executor.submit(fn).result()
 
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the inference thread, between batches (from the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     async def score(self, model: OnnxModel, pixels: np.ndarray) -> tuple[float, np.ndarray]:
         """One image's (P(ai) before calibration, embedding)."""
         if self._queue is None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import numpy as np
@@ -20,6 +22,9 @@ from model.preprocess import InvalidImage, decode_image, to_model_input
 from model.registry import AliasConflict
 from serving.annotate import annotate
 from serving.batching import InferenceFailed
+from serving.explain import combine, occluded_copies, overlay_png
+from serving.history import COOKIE, HistoryItem
+from serving.history import now as history_now
 from serving.recent import RecentPrediction
 from serving.runtime import LiveModel
 from serving.schemas import (
@@ -29,6 +34,7 @@ from serving.schemas import (
     FeedbackOut,
     FeedbackStatusOut,
     Health,
+    HistoryItemOut,
     ModelOut,
     PredictionOut,
     ShadowOut,
@@ -38,6 +44,7 @@ from storage import StoreError
 from storage.layout import image_extension, image_key, put_image
 
 router = APIRouter()
+HEATMAP_CHUNK = 8
 log = logging.getLogger("aidetect.serving")
 
 PROBLEM = {"model": dict[str, str], "description": "a JSON body {detail: message}"}
@@ -151,13 +158,110 @@ def _bad_upload(state: ServingState, exc: BadUpload) -> HTTPException:
     responses={400: PROBLEM, 413: PROBLEM, 503: PROBLEM},
 )
 async def predict(
-    state: StateDep, live: LiveModelDep, file: Annotated[UploadFile, File(description="the image (multipart)")]
+    request: Request,
+    response: Response,
+    state: StateDep,
+    live: LiveModelDep,
+    file: Annotated[UploadFile, File(description="the image (multipart)")],
 ) -> PredictionOut:
-    """Is this image AI-generated? The file's type is read from its bytes, not its declared content type."""
+    """Is this image AI-generated? The file's type is read from its bytes, not its declared content type.
+
+    Browsers get a random ``aidetect_browser`` cookie; their predictions are listed by ``GET /v1/history``.
+    """
     try:
-        return await _predict_one(state, live, file)
+        out = await _predict_one(state, live, file)
     except BadUpload as exc:
         raise _bad_upload(state, exc) from None
+    browser = _browser(request, response)
+    state.history.add(
+        browser,
+        HistoryItem(out.id, out.label, out.probability, out.model_version, file.filename, history_now()),
+    )
+    return out
+
+
+def _browser(request: Request, response: Response) -> str:
+    """This browser's random id (set as a cookie on first use)."""
+    browser = request.cookies.get(COOKIE, "")
+    if not (len(browser) == 32 and all(c in "0123456789abcdef" for c in browser)):
+        browser = secrets.token_hex(16)
+        response.set_cookie(COOKIE, browser, max_age=365 * 24 * 3600, httponly=True, samesite="lax")
+    return browser
+
+
+def _known(state: ServingState, prediction_id: str) -> RecentPrediction:
+    known = state.recent.get(prediction_id)
+    if known is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"prediction {prediction_id!r} is unknown or expired")
+    return known
+
+
+@router.get(
+    "/v1/predictions/{prediction_id}/heatmap",
+    tags=["predict"],
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "PNG"}, 404: PROBLEM, 503: PROBLEM},
+)
+async def heatmap(state: StateDep, live: LiveModelDep, prediction_id: str) -> Response:
+    """The regions that drove the verdict, in red over the image (occlusion sensitivity with the live model)."""
+    known = _known(state, prediction_id)
+    image, pixels = await asyncio.to_thread(_prepare, known.image, live.image_size)
+    batch, boxes, cell = occluded_copies(pixels)
+
+    def scorer(chunk: np.ndarray) -> Callable[[], np.ndarray]:
+        return lambda: live.model.predict(chunk)[0]
+
+    scores = []
+    for start in range(0, len(batch), HEATMAP_CHUNK):  # chunks take turns with live batches
+        scores.append(await state.batcher.run(scorer(batch[start : start + HEATMAP_CHUNK])))
+    heat = combine(np.concatenate(scores), boxes, cell, live.image_size, known.label)
+    png = await asyncio.to_thread(overlay_png, image, heat)
+    return Response(png, media_type="image/png", headers={"X-Model-Version": live.version})
+
+
+@router.get(
+    "/v1/predictions/{prediction_id}/thumbnail",
+    tags=["predict"],
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "PNG"}, 404: PROBLEM},
+)
+async def thumbnail(state: StateDep, prediction_id: str) -> Response:
+    """A small PNG of a recent prediction's image (for the history list)."""
+    known = _known(state, prediction_id)
+    return Response(await asyncio.to_thread(_thumbnail, known.image), media_type="image/png")
+
+
+def _thumbnail(data: bytes, side: int = 96) -> bytes:
+    image = decode_image(data)
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@router.get("/v1/history", response_model=list[HistoryItemOut], tags=["history"])
+async def history(request: Request, response: Response, state: StateDep) -> list[HistoryItemOut]:
+    """This browser's past predictions, newest first (kept by this replica, up to 50)."""
+    items = state.history.list(_browser(request, response))
+    return [
+        HistoryItemOut(
+            id=i.prediction_id,
+            label=i.label,  # type: ignore[arg-type]
+            probability=i.probability,
+            model_version=i.model_version,
+            filename=i.filename,
+            at=i.at,
+            feedback_id=i.feedback_id,
+            image_available=state.recent.get(i.prediction_id) is not None,
+        )
+        for i in items
+    ]
+
+
+@router.delete("/v1/history", tags=["history"])
+async def clear_history(request: Request, response: Response, state: StateDep) -> dict[str, int]:
+    """Forget this browser's history."""
+    return {"cleared": state.history.clear(_browser(request, response))}
 
 
 @router.post("/v1/predict/batch", response_model=BatchOut, tags=["predict"], responses={400: PROBLEM, 503: PROBLEM})
@@ -192,9 +296,7 @@ async def predict_batch(
 )
 async def annotated(state: StateDep, prediction_id: str) -> Response:
     """The image of a recent prediction with the verdict and confidence drawn on it (PNG, a download)."""
-    known = state.recent.get(prediction_id)
-    if known is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"prediction {prediction_id!r} is unknown or expired")
+    known = _known(state, prediction_id)
     png = await asyncio.to_thread(annotate, known.image, known.label, known.probability, known.model_version)
     filename = f"aidetect-{prediction_id}.png"
     return Response(png, media_type="image/png", headers={"Content-Disposition": f'attachment; filename="{filename}"'})
@@ -300,6 +402,8 @@ async def submit_feedback(
         response.status_code = status.HTTP_202_ACCEPTED
         status_text = "queued"
     state.metrics.feedback.labels(status_text).inc()
+    if known is not None and prediction_id:
+        state.history.link_feedback(_browser(request, response), prediction_id, record.id)
     return FeedbackOut(
         id=record.id,
         status=status_text,

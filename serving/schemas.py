@@ -35,6 +35,17 @@ class FeedbackStatusOut(BaseModel):
     model_versions: list[str] = Field([], description="model versions trained on those")
 
 
+class HistoryItemOut(BaseModel):
+    id: str
+    label: Literal["ai", "real", "uncertain"]
+    probability: float
+    model_version: str
+    filename: str | None
+    at: float = Field(description="unix time")
+    feedback_id: str | None = Field(description="the report filed on it, if any")
+    image_available: bool = Field(description="its image (thumbnail, heatmap, annotated) is still kept")
+
+
 class BatchItemError(BaseModel):
     filename: str | None
     status: int = Field(description="the HTTP status this file alone would have got")

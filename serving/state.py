@@ -21,6 +21,7 @@ from model.calibration import apply_temperature, verdict
 from model.features import image_statistics
 from model.preprocess import to_model_input
 from serving.batching import MicroBatcher
+from serving.history import History
 from serving.metrics import Metrics
 from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
@@ -51,6 +52,7 @@ class ServingState:
     outbox: Outbox  # feedback accepted while the store is down
     feedback_limiter: RateLimiter
     feedback_policy: Policy
+    history: History
     predlog: PredictionLog | None = None
     shadow: ModelHolder | None = None
     loader: ThreadPoolExecutor | None = None  # the low-priority model-loader thread
