@@ -166,7 +166,8 @@ def run_demo(args: argparse.Namespace) -> int:
         "serving",
         [sys.executable, "-m", "aidetect.cli", "serve", "--port", str(port)],
         run_dir,
-        {**env, "AIDETECT_ALIAS_POLL_SECONDS": "1"},
+        # the demo files all its reports at once, like a bulk import; real clients get 30 a minute
+        {**env, "AIDETECT_ALIAS_POLL_SECONDS": "1", "AIDETECT_FEEDBACK_BURST": "1000"},
     )
     _wait_http(f"{serve_url}/readyz", 120, "serving", serving)
 

@@ -38,7 +38,11 @@ def serving_env(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
     kind = request.param
-    env = {"AIDETECT_HOME": str(tmp_path / "home"), "AIDETECT_ALIAS_POLL_SECONDS": "0.5"}
+    env = {
+        "AIDETECT_HOME": str(tmp_path / "home"),
+        "AIDETECT_ALIAS_POLL_SECONDS": "0.5",
+        "AIDETECT_FEEDBACK_BURST": "1000",  # two test clients file every report at once
+    }
     if kind == "s3":
         store = make_s3_store(request.getfixturevalue("s3_endpoint"))
         env |= {"AIDETECT_STORE_URL": store.url, "AIDETECT_S3_ENDPOINT_URL": store.client.meta.endpoint_url}
@@ -105,9 +109,14 @@ def test_the_loop_end_to_end(
                 assert prediction["model_version"] == v1
                 if prediction["label"] != truth:
                     wrong += 1
-                    response = client.post("/v1/feedback", data={"prediction_id": prediction["id"], "label": truth})
-                    assert response.status_code == 201, response.text
-                    assert response.json()["misclassified"]
+                    for browser in ("browser-1", "browser-2"):  # two independent clients agree
+                        response = client.post(
+                            "/v1/feedback",
+                            data={"prediction_id": prediction["id"], "label": truth},
+                            headers={"User-Agent": browser},
+                        )
+                        assert response.status_code == 201, response.text
+                        assert response.json()["misclassified"]
             assert wrong > 10  # a CIFAKE-trained model meets a new generator
 
             feedback_version = gather_feedback()
