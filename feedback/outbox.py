@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from feedback.records import FeedbackRecord
-from feedback.store import save_feedback
+from feedback.store import is_feedback_id, save_feedback
 from storage import ObjectStore, StoreError
 from storage.layout import put_image
 
@@ -37,6 +37,8 @@ class Outbox:
         )
 
     def get(self, feedback_id: str) -> FeedbackRecord | None:
+        if not is_feedback_id(feedback_id):  # ids come from URLs: never build a path from anything else
+            return None
         path = self.folder / f"{feedback_id}.json"
         try:
             return FeedbackRecord.model_validate(json.loads(path.read_text())["record"])

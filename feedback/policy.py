@@ -11,7 +11,8 @@ Clients that disagree about an image get all its claims rejected (unless a revie
 The same client repeating a claim counts once. When a dataset version is assembled, each
 client's credit is capped (``max_per_client``): an image accepted by agreement enters only
 while enough of its claimants still have credit, so one client flooding reports, even with a
-few accomplices, moves at most that many images into one version. Reviewer decisions are not
+few accomplices, moves at most that many images into the feedback dataset (its versions are
+cumulative: the cap holds across versions, not per run). Reviewer decisions are not
 capped: a person looked at them.
 """
 

@@ -17,7 +17,7 @@ from storage import NotFound, ObjectStore, PreconditionFailed
 from storage.layout import FEEDBACK, feedback_key
 
 INDEX = "feedback-index/"
-_DATED_ID = re.compile(r"^(\d{8})[0-9a-f]{12}$")
+_DATED_ID = re.compile(r"(\d{8})[0-9a-f]{12}")
 
 
 def save_feedback(store: ObjectStore, record: FeedbackRecord) -> str:
@@ -33,8 +33,12 @@ def save_feedback(store: ObjectStore, record: FeedbackRecord) -> str:
     return key
 
 
+def is_feedback_id(text: str) -> bool:
+    return _DATED_ID.fullmatch(text) is not None
+
+
 def key_for_id(feedback_id: str) -> str | None:
-    match = _DATED_ID.match(feedback_id)
+    match = _DATED_ID.fullmatch(feedback_id)
     if not match:
         return None
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from feedback.policy import Policy, select_for_training
+from feedback.policy import Policy, decide, select_for_training
 from feedback.records import FeedbackRecord
 from feedback.reviews import load_reviews
 from feedback.store import iter_feedback
@@ -45,6 +45,7 @@ def gather_feedback(
         len(reviews),
         len(chosen),
     )
+    by_id = {r.id: r for r in records}
     versions = list_datasets(store).get(dataset, [])
     wanted = {(r.image_sha256, r.claimed_label) for r in chosen}
     if versions:
@@ -72,7 +73,13 @@ def gather_feedback(
         parents=[f"{dataset}@{versions[-1]}"] if versions else [],
         progress=logger.info,
         # every report behind an accepted claim, so each reporter can see where theirs went
-        extra={"feedback_ids": sorted(r.id for r in records if (r.image_sha256, r.claimed_label) in wanted)},
+        extra={
+            "feedback_ids": sorted(
+                i
+                for i, d in decide(records, reviews, policy).items()
+                if d.status == "accepted" and (by_id[i].image_sha256, by_id[i].claimed_label) in wanted
+            )
+        },
     )
     ai = sum(r.claimed_label == "ai" for r in chosen)
     create_markdown_artifact(

@@ -53,6 +53,10 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        while self._queue is not None and not self._queue.empty():  # nobody will run these now
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(InferenceFailed("the server is shutting down"))
         self._executor.shutdown(wait=True)
 
     def run_blocking(self, fn: Callable[[], T]) -> T:
@@ -97,17 +101,19 @@ class MicroBatcher:
                 groups.setdefault(id(item.model), []).append(item)
         loop = asyncio.get_running_loop()
         for items in groups.values():
-            pixels = np.stack([item.pixels for item in items])
-            try:
+            try:  # whatever goes wrong fails these requests, never the collector
+                pixels = np.stack([item.pixels for item in items])
                 scores, embeddings = await loop.run_in_executor(self._executor, items[0].model.predict, pixels)
-            except Exception as exc:  # fail these requests, keep serving the next ones
+                if len(scores) != len(items) or len(embeddings) != len(items):
+                    raise InferenceFailed(f"{len(items)} images gave {len(scores)} scores")
+                if self.on_batch is not None:
+                    self.on_batch(len(items))
+            except Exception as exc:
                 log.exception("inference failed for a batch of %d", len(items))
                 for item in items:
                     if not item.future.done():
                         item.future.set_exception(InferenceFailed(str(exc)))
                 continue
-            if self.on_batch is not None:
-                self.on_batch(len(items))
             for item, score, embedding in zip(items, scores, embeddings, strict=True):
                 if not item.future.done():
                     item.future.set_result((float(score), embedding))

@@ -60,6 +60,9 @@ class _StateCollector(Collector):
             )
             spooled.add_metric([], self.predlog.spooled_records)
             yield spooled
+            dropped = CounterMetricFamily("aidetect_prediction_log_dropped_records", "Records lost (disk full, bugs)")
+            dropped.add_metric([], self.predlog.dropped_records)
+            yield dropped
             pending = GaugeMetricFamily("aidetect_prediction_log_pending_records", "Records in memory, not yet written")
             pending.add_metric([], self.predlog.pending)
             yield pending

@@ -55,6 +55,16 @@ SCHEMA = pa.schema(
 )
 
 
+MAX_BUFFERED = 200_000  # records in memory at most (about 1 GB with 768-d embeddings)
+
+
+def _rows(path: Path) -> int:
+    try:
+        return int(pq.read_metadata(path).num_rows)
+    except Exception:
+        return 0
+
+
 def prediction_log_key(when: datetime, batch_id: str) -> str:
     return f"{PREDICTIONS}{when:%Y/%m/%d/%H}/{batch_id}.parquet"
 
@@ -75,6 +85,7 @@ class PredictionLog:
         self.written_records = 0
         self.spooled_records = 0
         self.write_errors = 0
+        self.dropped_records = 0
         self._buffer: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -83,6 +94,9 @@ class PredictionLog:
 
     def add(self, record: dict[str, Any]) -> None:
         with self._lock:
+            if len(self._buffer) >= MAX_BUFFERED:  # the disk refuses even the spool: shed, and count it
+                self.dropped_records += 1
+                return
             self._buffer.append(record)
             full = len(self._buffer) >= self.batch_size
         if full:
@@ -107,7 +121,13 @@ class PredictionLog:
                 batch_id = new_version_id()
                 name = prediction_log_key(when, batch_id)[len(PREDICTIONS) :].replace("/", "_")
                 try:
-                    self._spool(name, encode(chunk))
+                    data = encode(chunk)
+                except Exception:  # a record that does not fit the schema: a bug; keep the others flowing
+                    log.exception("prediction log: %d records could not be encoded and were dropped", len(chunk))
+                    self.dropped_records += len(chunk)
+                    continue
+                try:
+                    self._spool(name, data)
                 except OSError:  # cannot even spool (disk full?): keep the records for the next try
                     with self._lock:
                         self._buffer = records[start:] + self._buffer
@@ -123,10 +143,16 @@ class PredictionLog:
     def _drain(self) -> int:
         sent = 0
         for path in self.spooled_files():
-            yyyy, mm, dd, hh, batch_id = path.name.split("_", 4)
-            key = f"{PREDICTIONS}{yyyy}/{mm}/{dd}/{hh}/{batch_id}"
-            data = path.read_bytes()
-            rows = pq.read_metadata(io.BytesIO(data)).num_rows
+            try:
+                yyyy, mm, dd, hh, batch_id = path.name.split("_", 4)
+                key = f"{PREDICTIONS}{yyyy}/{mm}/{dd}/{hh}/{batch_id}"
+                data = path.read_bytes()
+                rows = pq.read_metadata(io.BytesIO(data)).num_rows
+            except Exception as exc:  # set it aside rather than block every file behind it
+                log.error("prediction log: spool file %s unreadable (%s), moved to bad/", path.name, exc)
+                (self.spool_dir / "bad").mkdir(exist_ok=True)
+                path.replace(self.spool_dir / "bad" / path.name)
+                continue
             try:
                 self.store.put(key, data, if_none_match=True)
             except PreconditionFailed:
@@ -140,7 +166,7 @@ class PredictionLog:
             path.unlink()
             sent += rows
         self.written_records += sent
-        self.spooled_records = sum(pq.read_metadata(p).num_rows for p in self.spooled_files())
+        self.spooled_records = sum(_rows(p) for p in self.spooled_files())
         return sent
 
     async def run(self) -> None:

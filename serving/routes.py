@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Callable
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile, status
@@ -180,6 +181,23 @@ async def predict(
     return out
 
 
+def client_fingerprint(request: Request) -> str:
+    """A hashed client address: what makes two reports independent, and what rate limits count.
+
+    The address only: a user agent is whatever the client says it is. Behind a reverse proxy,
+    run uvicorn with ``--proxy-headers --forwarded-allow-ips <proxy>`` so that this is the
+    client's address, not the proxy's.
+    """
+    return hash_client(request.client.host if request.client else "unknown")
+
+
+def _same_origin_only(request: Request) -> None:
+    """Refuse feedback posted from another site's page (browsers send Origin on cross-site POSTs)."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", ""):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"feedback from another site ({origin}) is not accepted")
+
+
 def _browser(request: Request, response: Response) -> str:
     """This browser's random id (set as a cookie on first use)."""
     browser = request.cookies.get(COOKIE, "")
@@ -205,6 +223,9 @@ def _known(state: ServingState, prediction_id: str) -> RecentPrediction:
 async def heatmap(state: StateDep, live: LiveModelDep, prediction_id: str) -> Response:
     """The regions that drove the verdict, in red over the image (occlusion sensitivity with the live model)."""
     known = _known(state, prediction_id)
+    cached = state.heatmaps.get((prediction_id, live.version))
+    if cached is not None:
+        return Response(cached, media_type="image/png", headers={"X-Model-Version": live.version})
     image, pixels = await asyncio.to_thread(_prepare, known.image, live.image_size)
     batch, boxes, cell = occluded_copies(pixels)
 
@@ -216,6 +237,7 @@ async def heatmap(state: StateDep, live: LiveModelDep, prediction_id: str) -> Re
         scores.append(await state.batcher.run(scorer(batch[start : start + HEATMAP_CHUNK])))
     heat = combine(np.concatenate(scores), boxes, cell, live.image_size, known.label)
     png = await asyncio.to_thread(overlay_png, image, heat)
+    state.heatmaps.put((prediction_id, live.version), png)
     return Response(png, media_type="image/png", headers={"X-Model-Version": live.version})
 
 
@@ -325,9 +347,8 @@ async def submit_feedback(
     202: the store is down; kept in this replica's outbox and sent when it is back.
     429: this client sent too many reports; retry after the seconds in ``Retry-After``.
     """
-    fingerprint = hash_client(
-        f"{request.client.host if request.client else 'unknown'}|{request.headers.get('user-agent', '')}"
-    )
+    _same_origin_only(request)
+    fingerprint = client_fingerprint(request)
     wait = state.feedback_limiter.take(fingerprint)
     if wait > 0:
         state.metrics.feedback.labels("rate_limited").inc()
@@ -422,7 +443,7 @@ async def feedback_status(state: StateDep, feedback_id: str) -> FeedbackStatusOu
     ``quarantined``: waiting for agreement from other clients or a reviewer; ``accepted``;
     ``rejected`` (the reason says why).
     """
-    queued = state.outbox.get(feedback_id)
+    queued = await asyncio.to_thread(state.outbox.get, feedback_id)
     if queued is not None:
         return FeedbackStatusOut(
             id=feedback_id,
@@ -438,6 +459,11 @@ async def feedback_status(state: StateDep, feedback_id: str) -> FeedbackStatusOu
         found = await asyncio.to_thread(report_status, state.store, record, state.feedback_policy)
     except StoreError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"feedback store unavailable: {exc}") from None
+    except (ValueError, TypeError, KeyError) as exc:  # a record or review in the store that does not parse
+        log.exception("feedback %s: unreadable data in the store", feedback_id)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"feedback data for {feedback_id!r} is unreadable: {exc}"
+        ) from None
     return FeedbackStatusOut(
         id=feedback_id,
         status=found.status,  # type: ignore[arg-type]

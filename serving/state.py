@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class ServingState:
     feedback_limiter: RateLimiter
     feedback_policy: Policy
     history: History
+    heatmaps: SmallCache = field(default_factory=lambda: SmallCache(64))
     predlog: PredictionLog | None = None
     shadow: ModelHolder | None = None
     loader: ThreadPoolExecutor | None = None  # the low-priority model-loader thread
@@ -106,6 +108,26 @@ async def in_loader(state: ServingState, fn: Callable[[], T]) -> T:
     if state.loader is None:
         return await asyncio.to_thread(fn)
     return await asyncio.get_running_loop().run_in_executor(state.loader, fn)
+
+
+class SmallCache:
+    """A tiny LRU (heatmaps: each costs ~120 model runs, and a page asks for it more than once)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[Any, bytes] = OrderedDict()
+
+    def get(self, key: Any) -> bytes | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: bytes) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
 
 
 def now() -> datetime:

@@ -41,7 +41,7 @@ def serving_env(
     env = {
         "AIDETECT_HOME": str(tmp_path / "home"),
         "AIDETECT_ALIAS_POLL_SECONDS": "0.5",
-        "AIDETECT_FEEDBACK_BURST": "1000",  # two test clients file every report at once
+        "AIDETECT_FEEDBACK_BURST": "1000",  # the test's clients file every report at once
     }
     if kind == "s3":
         store = make_s3_store(request.getfixturevalue("s3_endpoint"))
@@ -100,7 +100,12 @@ def test_the_loop_end_to_end(
         wait_http(f"{base}/readyz", timeout=90)
         maps = Path(f"/proc/{server.pid}/maps").read_text()
         assert "tensorflow" not in maps, "serving loaded TensorFlow"
-        with httpx.Client(base_url=base, timeout=30) as client:
+        # another loopback address: a second, independent client
+        second = httpx.HTTPTransport(local_address="127.0.0.2")
+        with (
+            httpx.Client(base_url=base, timeout=30) as client,
+            httpx.Client(base_url=base, timeout=30, transport=second) as second_client,
+        ):
             assert client.get("/v1/model").json()["version"] == v1
 
             wrong = 0
@@ -109,11 +114,9 @@ def test_the_loop_end_to_end(
                 assert prediction["model_version"] == v1
                 if prediction["label"] != truth:
                     wrong += 1
-                    for browser in ("browser-1", "browser-2"):  # two independent clients agree
-                        response = client.post(
-                            "/v1/feedback",
-                            data={"prediction_id": prediction["id"], "label": truth},
-                            headers={"User-Agent": browser},
+                    for reporter in (client, second_client):  # two independent clients (addresses) agree
+                        response = reporter.post(
+                            "/v1/feedback", data={"prediction_id": prediction["id"], "label": truth}
                         )
                         assert response.status_code == 201, response.text
                         assert response.json()["misclassified"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,18 @@ def store(tmp_path: Path) -> LocalStore:
     registry = Registry(store)
     registry.promote(register_onnx(registry, mean_brightness_model(tmp_path / "m.onnx")), reason="test")
     return store
+
+
+@contextlib.contextmanager
+def from_address(client: TestClient, address: str) -> Iterator[TestClient]:
+    """The same client (and event loop), its requests coming from another address."""
+    transport = client._transport  # noqa: SLF001 - Starlette's test transport holds the ASGI client address
+    saved = transport.client  # type: ignore[attr-defined]
+    transport.client = (address, 40000)  # type: ignore[attr-defined]
+    try:
+        yield client
+    finally:
+        transport.client = saved  # type: ignore[attr-defined]
 
 
 def _report(client: TestClient, seed: int, label: str = "ai", agent: str = "browser-1") -> dict:
@@ -96,7 +110,16 @@ def test_feedback_is_rate_limited_per_client(tmp_path: Path, store: LocalStore) 
         )
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
         assert "too many feedback reports" in refused.json()["detail"]
-        assert _report(client, 9, agent="browser-2")["status_code"] == 201  # another client is not affected
+        # a new user agent is the same client; another address is not
+        changed_agent = client.post(
+            "/v1/feedback",
+            data={"label": "ai"},
+            files={"file": ("x.png", image_bytes(seed=9, fmt="PNG"))},
+            headers={"User-Agent": "a-different-browser"},
+        )
+        assert changed_agent.status_code == 429
+        with from_address(client, "10.0.0.2") as other:
+            assert _report(other, 9)["status_code"] == 201
 
 
 def test_status_follows_a_report_into_a_dataset_and_a_model(
@@ -107,11 +130,14 @@ def test_status_follows_a_report_into_a_dataset_and_a_model(
     settings = settings_for(tmp_path, store, prediction_log=False)
     with TestClient(create_app(settings)) as client:
         # mean-brightness model: noise images score ~0.5; claim the opposite of what it said
-        first = _report(client, 1, agent="browser-1")
+        first = _report(client, 1)
         label = "real" if first["predicted_label"] == "ai" else "ai"
-        first = _report(client, 1, label=label, agent="browser-1")
+        first = _report(client, 1, label=label)
         assert client.get(f"/v1/feedback/{first['id']}").json()["status"] == "quarantined"
-        _report(client, 1, label=label, agent="browser-2")  # an independent client agrees
+        _report(client, 1, label=label, agent="another-browser")  # the same address: not independent
+        assert client.get(f"/v1/feedback/{first['id']}").json()["status"] == "quarantined"
+        with from_address(client, "10.0.0.7") as other:
+            _report(other, 1, label=label)  # an independent client agrees
         status = client.get(f"/v1/feedback/{first['id']}").json()
         assert status["status"] == "accepted" and "2 independent clients agree" in status["reason"]
         assert status["dataset_versions"] == [] and status["model_versions"] == []
@@ -123,3 +149,14 @@ def test_status_follows_a_report_into_a_dataset_and_a_model(
         assert status["dataset_versions"] == [f"feedback@{version}"] and status["model_versions"] == [model]
         assert client.get("/v1/feedback/20260101aaaaaaaaaaaa").status_code == 404
         assert client.get("/v1/feedback/not-an-id").status_code == 404
+
+
+def test_feedback_posted_from_another_site_is_refused(tmp_path: Path, store: LocalStore) -> None:
+    with TestClient(create_app(settings_for(tmp_path, store, prediction_log=False))) as client:
+        files = {"file": ("x.png", image_bytes(seed=3, fmt="PNG"))}
+        forged = client.post(
+            "/v1/feedback", data={"label": "ai"}, files=files, headers={"Origin": "https://evil.example"}
+        )
+        assert forged.status_code == 403 and "another site" in forged.json()["detail"]
+        same = client.post("/v1/feedback", data={"label": "ai"}, files=files, headers={"Origin": "http://testserver"})
+        assert same.status_code == 201
