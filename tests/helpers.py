@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
+import subprocess
+import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import httpx
@@ -79,3 +83,35 @@ def image_bytes(
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save_args)
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def serving_process(
+    env: dict[str, str], log_path: Path, timeout: float = 90
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Real uvicorn serving on a free loopback port, as deployed (shared onnxruntime pool); (process, base URL)."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "serving.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env={**os.environ, "AIDETECT_ORT_SHARED_POOL": "true", **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{base}/readyz", timeout)
+            yield process, base
+        finally:
+            process.terminate()
+            process.wait(timeout=30)

@@ -7,9 +7,6 @@ keeps predicting -> serving moves to v2 without a restart and without a failed r
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +19,7 @@ from aidetect.settings import get_settings
 from model.data import import_dataset
 from model.registry import Registry
 from tests.conftest import make_s3_store
-from tests.helpers import free_port, wait_http
+from tests.helpers import serving_process
 
 pytestmark = pytest.mark.slow
 
@@ -77,27 +74,7 @@ def test_the_loop_end_to_end(
         assert store.exists(f"models/{v1}/{name}"), name
     assert meta["file_sizes"]["model.int8.onnx"] > 0
 
-    port = free_port()
-    log = open(tmp_path / "serving.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "serving.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env={**os.environ, **serving_env, "AIDETECT_ORT_SHARED_POOL": "true"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/readyz", timeout=90)
+    with serving_process(serving_env, tmp_path / "serving.log") as (server, base):
         maps = Path(f"/proc/{server.pid}/maps").read_text()
         assert "tensorflow" not in maps, "serving loaded TensorFlow"
         # another loopback address: a second, independent client
@@ -165,6 +142,3 @@ def test_the_loop_end_to_end(
             versions = [v for _, v in outcomes]
             assert len(outcomes) > 20 and versions[0] == v1 and versions[-1] == v2
             assert server.poll() is None  # the same process: no restart
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
