@@ -103,26 +103,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.batch_max_size, settings.batch_max_wait_ms / 1000, on_batch=metrics.batch_size.observe
         )
         await batcher.start()
-        holder = ModelHolder(
-            store,
-            models_dir / settings.model_alias,
-            alias=settings.model_alias,
-            threads=settings.ort_threads,
-            variant=settings.model_variant,
-            runner=batcher.run_blocking,
-        )
-        holders = [holder]
-        shadow = None
-        if settings.shadow_alias:
-            shadow = ModelHolder(
+
+        def follow(alias: str) -> ModelHolder:
+            return ModelHolder(
                 store,
-                models_dir / settings.shadow_alias,
-                alias=settings.shadow_alias,
+                models_dir / alias,
+                alias=alias,
                 threads=settings.ort_threads,
                 variant=settings.model_variant,
                 runner=batcher.run_blocking,
             )
-            holders.append(shadow)
+
+        holder = follow(settings.model_alias)
+        shadow = follow(settings.shadow_alias) if settings.shadow_alias else None
+        holders = [holder] if shadow is None else [holder, shadow]
         for each in holders:
             await _start_holder(each, loader)
         predlog = None

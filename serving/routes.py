@@ -389,9 +389,10 @@ async def submit_feedback(
             raise _bad_upload(state, BadUpload(400, "unreadable", f"cannot read the image: {exc}")) from None
     client = fingerprint
     store = state.store
+    sha = hashlib.sha256(data).hexdigest()
     record = FeedbackRecord(
-        image_sha256=hashlib.sha256(data).hexdigest(),
-        image_key=image_key(hashlib.sha256(data).hexdigest(), ext),
+        image_sha256=sha,
+        image_key=image_key(sha, ext),
         claimed_label=label,
         prediction_id=prediction_id if known else None,
         predicted_label=predicted,
