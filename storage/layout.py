@@ -15,6 +15,8 @@ PREDICTIONS = "predictions/"
 MODELS = "models/"
 ALIASES = "registry/aliases/"
 EVENTS = "registry/events/"
+LOCKS = "locks/"  # leases that keep one run of a flow at a time (locks/<name>.json)
+TRAINING = "training/"  # training/<run>/: a train-model run's output for the retrain that asked for it
 
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
