@@ -15,6 +15,7 @@ PREDICTIONS = "predictions/"
 MODELS = "models/"
 ALIASES = "registry/aliases/"
 EVENTS = "registry/events/"
+DRIFT_REPORTS = "reports/drift/"
 LOCKS = "locks/"  # leases that keep one run of a flow at a time (locks/<name>.json)
 TRAINING = "training/"  # training/<run>/: a train-model run's output for the retrain that asked for it
 
@@ -66,3 +67,8 @@ def alias_key(alias: str) -> str:
 
 def event_key(now: datetime, event_id: str) -> str:
     return f"{EVENTS}{now:%Y%m%dT%H%M%S%fZ}-{event_id}.json"
+
+
+def drift_report_prefix(run_id: str) -> str:
+    """``reports/drift/<run_id>/``: one drift report (``report.html``, ``summary.json``)."""
+    return f"{DRIFT_REPORTS}{run_id}/"

@@ -1,0 +1,173 @@
+"""``monitor-drift``: the production model's recent predictions against its reference, with Evidently.
+
+Reads the prediction log of the last ``window_hours`` for the version the alias points at,
+compares it with the reference stored beside that version (``model.drift``), writes
+``reports/drift/<time>/report.html`` and ``summary.json``, shows the key numbers as the
+``monitor-drift`` artifact, and emits ``aidetect.drift.detected`` when drift is found (the
+retrain deployment's trigger listens for it).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from flows.common import store_for
+from model.drift import (
+    DRIFT_CALIBRATION_FILE,
+    PARTS,
+    REFERENCE_FILE,
+    as_utc,
+    detect_drift,
+    load_prediction_window,
+    read_reference,
+)
+from model.registry import Registry
+from storage import NotFound
+from storage.layout import drift_report_prefix, model_prefix, new_version_id, utcnow
+
+REPORT_FILE = "report.html"
+SUMMARY_FILE = "summary.json"
+DRIFT_EVENT = "aidetect.drift.detected"
+ARTIFACT_KEY = "monitor-drift"
+
+
+class MissingReference(RuntimeError):
+    """The monitored model version was registered without drift reference files."""
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def aliased_version(store_url: str | None, alias: str) -> str | None:
+    record, _ = Registry(store_for(store_url)).alias(alias)
+    return record.version if record else None
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def model_file(store_url: str | None, version: str, name: str) -> bytes | None:
+    """A file of a model version, or None when the version has none of that name."""
+    try:
+        return store_for(store_url).get(model_prefix(version) + name)
+    except NotFound:
+        return None
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def load_window(store_url: str | None, start: datetime, end: datetime, version: str) -> pd.DataFrame:
+    return load_prediction_window(store_for(store_url), start, end, version)
+
+
+@task(cache_policy=NO_CACHE)
+def compare(reference: bytes, window: pd.DataFrame, calibration: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    return detect_drift(read_reference(reference), window, calibration)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def save_report(store_url: str | None, prefix: str, html: str, summary: dict[str, Any]) -> None:
+    store = store_for(store_url)
+    store.put(prefix + REPORT_FILE, html.encode())
+    store.put(prefix + SUMMARY_FILE, json.dumps(summary, indent=2, allow_nan=False).encode())
+
+
+@flow(name="monitor-drift", log_prints=True)
+def monitor_drift(
+    window_hours: int = 24,
+    alias: str = "production",
+    min_rows: int = 100,
+    store_url: str | None = None,
+    end: datetime | None = None,
+) -> dict[str, Any]:
+    """Compare the last ``window_hours`` of predictions (up to ``end``, default now) with the reference.
+
+    Returns the summary; its ``status`` is ``drift``, ``no drift`` or ``insufficient data`` (fewer
+    than ``min_rows`` predictions by the aliased version: nothing is written to the store then).
+    """
+    logger = get_run_logger()
+    end = utcnow() if end is None else as_utc(end)
+    start = end - timedelta(hours=window_hours)
+    version = aliased_version(store_url, alias)
+    if version is None:
+        raise ValueError(f"no model version has the alias {alias!r}: nothing to monitor")
+    reference = model_file(store_url, version, REFERENCE_FILE)
+    calibration = model_file(store_url, version, DRIFT_CALIBRATION_FILE)
+    if reference is None or calibration is None:
+        raise MissingReference(
+            f"model version {version} ({alias}) has no drift reference ({REFERENCE_FILE} and "
+            f"{DRIFT_CALIBRATION_FILE}): register versions with model.drift.build_reference_files"
+        )
+    window: pd.DataFrame = load_window(store_url, start, end, version)
+    summary: dict[str, Any] = {
+        "model_version": version,
+        "alias": alias,
+        "window": {"start": start.isoformat(), "end": end.isoformat(), "hours": window_hours},
+    }
+    if len(window) < min_rows:
+        summary.update(status="insufficient data", drift_detected=False, rows={"current": len(window)})
+        logger.warning("%d predictions by %s in the window, %d needed: no drift report", len(window), version, min_rows)
+        create_markdown_artifact(key=ARTIFACT_KEY, markdown=_markdown(summary), description=f"drift of {version}")
+        return summary
+
+    result, html = compare(reference, window, json.loads(calibration))
+    prefix = drift_report_prefix(new_version_id(end))
+    summary.update(status="drift" if result["drift_detected"] else "no drift", **result)
+    summary["report"] = prefix + REPORT_FILE
+    save_report(store_url, prefix, html, summary)
+    create_markdown_artifact(key=ARTIFACT_KEY, markdown=_markdown(summary), description=f"drift of {version}")
+    logger.info("%s: %s (%s)", version, summary["status"], ", ".join(result["drifted_parts"]) or "no part drifted")
+    if result["drift_detected"]:
+        emit_event(
+            event=DRIFT_EVENT,
+            resource={"prefect.resource.id": f"aidetect.model.{version}", "aidetect.alias": alias},
+            payload={
+                "version": version,
+                "alias": alias,
+                "report": summary["report"],
+                "drifted_parts": result["drifted_parts"],
+                "drifted_columns": result["drifted_columns"],
+                "rows": result["rows"],
+                "scores": {part: result["parts"][part]["score"] for part in PARTS},
+                "thresholds": {part: result["parts"][part]["threshold"] for part in PARTS},
+            },
+        )
+    return summary
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    window = summary["window"]
+    lines = [
+        f"# Drift of `{summary['model_version']}` ({summary['alias']}): {summary['status']}",
+        "",
+        f"Window: {window['start']} to {window['end']} ({window['hours']} h)",
+        "",
+    ]
+    if summary["status"] == "insufficient data":
+        lines.append(f"Only {summary['rows']['current']} predictions by this version in the window: no report.")
+        return "\n".join(lines)
+    rows, mean = summary["rows"], summary["mean_probability"]
+    lines += [
+        "| part | score | threshold | drifted |",
+        "|---|---|---|---|",
+        *(
+            f"| {part} | {v['score']:.4g} | {v['threshold']:.4g} | {'**yes**' if v['drifted'] else 'no'} |"
+            for part, v in summary["parts"].items()
+        ),
+        "",
+        f"Drifted image statistics: {', '.join(summary['drifted_columns']) or 'none'}",
+        "",
+        f"Rows: {rows['current']} predictions against {rows['reference']} reference images"
+        f" (compared: {rows['compared_current']} and {rows['compared_reference']}).",
+        "",
+        f"Mean P(ai): {mean['current']:.3f} now, {mean['reference']:.3f} in the reference.",
+        "",
+        f"False-alarm rate measured at calibration: {summary['false_alarm_rate']:.2%}"
+        f" (target {summary['target_false_alarm_rate']:.0%}).",
+        "",
+        f"Report: `{summary['report']}` (with `summary.json` beside it).",
+    ]
+    return "\n".join(lines)
