@@ -102,7 +102,7 @@ def _regression_rule(
     ours = challenger.get("regression")
     if not ours or ours["n"] < config.min_regression_images:
         n = int(ours["n"]) if ours else 0
-        notes.append(f"regression set: {n} images, fewer than {config.min_regression_images}: rule skipped")
+        notes.append(f"regression set: {n} images, fewer than {config.min_regression_images:g}: rule skipped")
         return []
     if champion is None or not champion.get("regression"):
         notes.append("regression set: no champion to compare with")

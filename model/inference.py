@@ -110,3 +110,17 @@ def compare_canaries(
     if not np.isfinite(diff) or diff > tolerance:
         raise ValueError(f"canary outputs differ from those recorded at export by {diff:.2e} (> {tolerance:.0e})")
     return diff
+
+
+def median_latency_ms(model: OnnxModel, pixels: np.ndarray, runs: int = 30) -> float:
+    """Median milliseconds to score one image (batch of one), after a warm-up run."""
+    import time
+
+    one = pixels[:1]
+    model.predict(one)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.predict(one)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))

@@ -99,9 +99,13 @@ def test_the_loop_end_to_end(
                         assert response.json()["misclassified"]
             assert wrong > 10  # a CIFAKE-trained model meets a new generator
 
-            feedback_version = gather_feedback()
+            # This test is about the plumbing (feedback -> dataset -> v2 -> hot swap under load),
+            # so it holds nothing out: with ~50 reports a held-out slice of ~10 new-generator images
+            # makes v2's promotion a coin toss for the tiny model (the gate's regression rule is
+            # tested in tests/flows/test_retrain.py and measured by bench/loop.py).
+            feedback_version = gather_feedback(holdout_share=0.0)
             assert feedback_version is not None
-            assert gather_feedback() == feedback_version
+            assert gather_feedback(holdout_share=0.0) == feedback_version
 
             # Keep predicting from another thread while v2 is trained and promoted.
             probe = _images(cifake_folder)[0][2]
@@ -127,6 +131,7 @@ def test_the_loop_end_to_end(
                 # The test split is small (~130 images): one image is ~0.8 points of accuracy.
                 second = retrain(epochs=2, batch_size=32, max_accuracy_drop=0.05)
                 assert second["promoted"], second["verdict"]
+                assert "regression set: 0 images" in second["verdict"]["notes"][0]
                 v2 = second["version"]
                 assert Registry(store).metadata(v2)["parent_version"] == v1
                 deadline = time.monotonic() + 30

@@ -1,0 +1,95 @@
+"""The retrain flow's gate and failure safety, against a real Prefect API and real training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.data import import_dataset
+from model.registry import Registry
+from storage import LocalStore
+
+EPOCHS = {"epochs": 2, "batch_size": 32, "augment": False, "reference_images": 300}
+
+
+def _flipped(folder: Path, dest: Path) -> Path:
+    """The same images with every label swapped: ai/ holds the real ones and real/ the AI ones."""
+    shutil.copytree(folder / "real", dest / "ai")
+    shutil.copytree(folder / "ai", dest / "real")
+    return dest
+
+
+def _registry_state(store: LocalStore) -> dict[str, Any]:
+    registry = Registry(store)
+    record, _ = registry.alias("production")
+    return {
+        "versions": registry.versions(),
+        "alias": record.version if record else None,
+        "events": [(e["kind"], e.get("version")) for e in registry.events()],
+        "locks": list(store.list("locks/")),
+    }
+
+
+def test_gate_rejects_a_label_flipped_challenger_and_a_crash_changes_nothing(
+    tmp_path: Path, cifake_folder: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.retrain
+    from flows.retrain import retrain
+
+    store = LocalStore(tmp_path / "store")
+    url = str(store.root)
+    import_dataset(store, cifake_folder, "cifake")
+    import_dataset(store, _flipped(cifake_folder, tmp_path / "flipped"), "flipped")
+
+    first = retrain(datasets=["cifake"], warm_start=False, store_url=url, **EPOCHS)
+    assert first["promoted"], first["verdict"]
+    champion = first["version"]
+    meta = Registry(store).metadata(champion)
+    assert meta["gate"]["blessed"] and meta["test_datasets"][0].startswith("cifake@")
+    # the reference features for monitor-drift travel with the model
+    assert store.exists(f"models/{champion}/reference.parquet")
+    assert meta["metrics"]["latency_ms"] > 0
+
+    # trained on flipped labels, judged on the same frozen cifake test split as the champion
+    flipped = retrain(datasets=["flipped"], test_datasets=["cifake"], warm_start=False, store_url=url, **EPOCHS)
+    assert not flipped["promoted"]
+    reasons = " | ".join(flipped["verdict"]["reasons"])
+    assert "worse than the champion's" in reasons and "below the floor" in reasons, reasons
+    assert flipped["metrics"]["accuracy"] < 0.5 < first["metrics"]["accuracy"]
+    registry = Registry(store)
+    assert registry.alias("production")[0].version == champion  # unchanged
+    rejected = registry.metadata(flipped["version"])["gate"]
+    assert not rejected["blessed"] and rejected["reasons"] == flipped["verdict"]["reasons"]
+    assert ("rejected", flipped["version"]) in [(e["kind"], e.get("version")) for e in registry.events()]
+
+    # a retrain that crashes half-way (after training, while evaluating) changes nothing
+    before = _registry_state(store)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("simulated crash while evaluating")
+
+    monkeypatch.setattr(flows.retrain, "evaluate", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        retrain(datasets=["cifake"], store_url=url, **EPOCHS)
+    assert _registry_state(store) == before  # no version, no event, alias as it was, lease released
+
+
+def test_one_retrain_at_a_time(tmp_path: Path, prefect_api: None) -> None:
+    from flows.common import Busy, lease
+    from flows.retrain import retrain
+
+    store = LocalStore(tmp_path / "store")
+    with lease(store, "retrain", holder="another run", ttl_seconds=3600):
+        with pytest.raises(Busy, match="already running"):
+            retrain(store_url=str(store.root))
+        assert json.loads(store.get("locks/retrain.json"))["holder"] == "another run"  # not taken over
+    assert not store.exists("locks/retrain.json")
+    # a lease whose holder died long ago is taken over
+    store.put("locks/retrain.json", json.dumps({"holder": "dead", "taken_at": 0, "expires_at": 1}).encode())
+    with lease(store, "retrain", holder="me", ttl_seconds=60):
+        assert json.loads(store.get("locks/retrain.json"))["holder"] == "me"
+    assert not store.exists("locks/retrain.json")
