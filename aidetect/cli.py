@@ -173,6 +173,16 @@ def _cmd_flow_gather(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_flow_drift(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.drift import monitor_drift
+
+    summary = monitor_drift(window_hours=args.window_hours, alias=args.alias, min_rows=args.min_rows)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -184,6 +194,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from aidetect.demo import run_demo
 
     return run_demo(args)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from aidetect.stack import run_up
+
+    return run_up(args)
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    import os
+
+    from aidetect.stack import ROOT, deploy
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UsageError("PREFECT_API_URL is not set: point it at the Prefect server to deploy to")
+    deploy({**os.environ, "AIDETECT_CODE_DIR": os.environ.get("AIDETECT_CODE_DIR", str(ROOT))})
+    return 0
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
@@ -244,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     gat = flw.add_parser("gather-feedback", help="misclassified feedback -> a dataset version")
     gat.add_argument("--dataset", default="feedback")
     gat.set_defaults(func=_cmd_flow_gather)
+    drf = flw.add_parser("monitor-drift", help="recent predictions vs the live model's reference (Evidently)")
+    drf.add_argument("--window-hours", type=_positive_int, default=24)
+    drf.add_argument("--alias", default="production")
+    drf.add_argument("--min-rows", type=_positive_int, default=100, help="fewer predictions: no report")
+    drf.set_defaults(func=_cmd_flow_drift)
 
     fbk = commands.add_parser("feedback", help="feedback reports").add_subparsers(
         dest="feedback_command", required=True
@@ -283,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--serve-port", type=int, default=8000)
     demo.add_argument("--prefect-port", type=int, default=4200)
     demo.set_defaults(func=_cmd_demo)
+    up = commands.add_parser(
+        "up", help="the long-running local stack: Prefect server + UI, deployments, workers, serving"
+    )
+    up.add_argument("--home", default=".aidetect/up", help="store, Prefect database and logs (AIDETECT_HOME)")
+    up.add_argument("--port", type=int, default=8000, help="serving")
+    up.add_argument("--prefect-port", type=int, default=4200)
+    up.set_defaults(func=_cmd_up)
+    dep = commands.add_parser("deploy", help="create the cpu/gpu work pools and register prefect.yaml's deployments")
+    dep.set_defaults(func=_cmd_deploy)
     stop = commands.add_parser("stop", help="stop the services a demo left running")
     stop.add_argument("--home", default=".aidetect/demo")
     stop.set_defaults(func=_cmd_stop)

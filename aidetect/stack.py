@@ -1,0 +1,146 @@
+"""``aidetect deploy`` and ``make up``: the deployments, and the long-running local stack.
+
+``deploy`` creates the ``cpu`` and ``gpu`` work pools (process type) when they are missing
+and registers every deployment in ``prefect.yaml`` with ``prefect deploy --all``.
+
+``up`` runs the embedded default for good: a Prefect server with its UI, the deployments,
+one worker per pool and serving, all on 127.0.0.1, sharing one local folder store. It
+prints where everything is and stays in the foreground; Ctrl-C (or SIGTERM) stops every
+process it started, each in its own process group, and waits for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+POOLS = ("cpu", "gpu")
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _wait_http(url: str, timeout: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}; see its log")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s")
+
+
+def deploy(env: dict[str, str], log: IO[bytes] | None = None) -> None:
+    """Work pools (if missing), then ``prefect deploy --all`` from the project root."""
+    for pool in POOLS:
+        found = subprocess.run(
+            [_bin("prefect"), "work-pool", "inspect", pool], env=env, capture_output=True, cwd=ROOT, check=False
+        )
+        if found.returncode != 0:
+            subprocess.run(
+                [_bin("prefect"), "work-pool", "create", pool, "--type", "process"],
+                env=env,
+                cwd=ROOT,
+                check=True,
+                stdout=log,
+                stderr=subprocess.STDOUT if log is not None else None,
+            )
+    subprocess.run(
+        [_bin("prefect"), "--no-prompt", "deploy", "--all"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        stdout=log,
+        stderr=subprocess.STDOUT if log is not None else None,
+    )
+
+
+def run_up(args: argparse.Namespace) -> int:
+    home = Path(args.home).resolve()
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    prefect_url = f"http://127.0.0.1:{args.prefect_port}"
+    env = {
+        **os.environ,
+        "AIDETECT_HOME": str(home),
+        "AIDETECT_CODE_DIR": str(ROOT),
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_API_URL": f"{prefect_url}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def start(name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+        )
+        children.append((name, process))
+        return process
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    print(f"aidetect up: home {home}, logs in {logs}", flush=True)
+    try:
+        server = start(
+            "prefect-server",
+            [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(args.prefect_port)],
+        )
+        _wait_http(f"{prefect_url}/api/health", 180, "the Prefect server", server)
+        with open(logs / "deploy.log", "ab") as log:
+            deploy(env, log)
+        for pool in POOLS:
+            start(f"worker-{pool}", [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process"])
+        serving = start("serving", [_bin("aidetect"), "serve", "--host", "127.0.0.1", "--port", str(args.port)])
+        _wait_http(f"http://127.0.0.1:{args.port}/healthz", 120, "serving", serving)
+        print(
+            f"""
+  Prefect UI   {prefect_url}          (deployments, runs, artifacts, automations)
+  serving      http://127.0.0.1:{args.port}/   (the web page; API under /v1, metrics at /metrics)
+  store        {env.get("AIDETECT_STORE_URL") or home / "store"}
+  workers      pools {", ".join(POOLS)} (one process worker each)
+
+Ctrl-C stops everything.""",
+            flush=True,
+        )
+        while not stopping:
+            for name, process in children:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {process.returncode}; see {logs / name}.log")
+            time.sleep(0.5)
+        return 0
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"aidetect up: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        print("aidetect up: stopping " + ", ".join(name for name, _ in reversed(children)), flush=True)
+        for _, process in reversed(children):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for _, process in reversed(children):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
