@@ -1,0 +1,219 @@
+"""The loop, measured: does feedback on a new generator fix the detector on images it never saw?
+
+Start from a model trained on CIFAKE only (v1, promoted). Split ``newgen-dev`` into K folds;
+for each fold, on a copy of the store as v1 left it:
+
+1. serving (real uvicorn) answers every new-generator image outside the fold;
+2. two independent clients (127.0.0.1 and 127.0.0.2) each file "this is wrong" with the true
+   label for every misclassified one, through ``POST /v1/feedback`` (accepted by agreement,
+   no reviewer);
+3. ``gather-feedback`` and ``retrain`` run as flows (the gate decides; v2 warm-starts from v1);
+4. serving hot-swaps to v2 if it was promoted, and answers the held-out fold again.
+
+Held-out accuracy before (v1) and after (whatever serving answers with) is reported per
+fold and pooled: every newgen image is held out exactly once. The CIFAKE test accuracy of
+v1 and each v2 (from the registry) shows what the fix cost on the old data. Prints one JSON
+object.
+
+    .venv/bin/python bench/loop.py [--folds 3] [--limit-per-class 10000] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._serving import start_server  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(f"[loop {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _predict(client: httpx.Client, images: list[tuple[str, str, bytes]]) -> list[dict[str, Any]]:
+    out = []
+    for name, truth, data in images:
+        response = client.post("/v1/predict", files={"file": (name, data)})
+        response.raise_for_status()
+        out.append({**response.json(), "truth": truth})
+    return out
+
+
+def _accuracy(results: list[dict[str, Any]]) -> float:
+    return sum(r["label"] == r["truth"] for r in results) / max(1, len(results))
+
+
+def _wait_for_version(client: httpx.Client, version: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    live = client.get("/v1/model").json()["version"]
+    while live != version and time.monotonic() < deadline:
+        time.sleep(0.5)
+        live = client.get("/v1/model").json()["version"]
+    return str(live)
+
+
+def run_fold(
+    fold: int, base_home: Path, work: Path, feedback_images: list[Any], held_out: list[Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    from aidetect.settings import get_settings
+    from flows.gather import gather_feedback
+    from flows.retrain import retrain
+    from model.registry import Registry
+
+    home = work / f"fold{fold}"
+    shutil.copytree(base_home, home, symlinks=True)
+    os.environ["AIDETECT_HOME"] = str(home)
+    get_settings.cache_clear()
+    store = get_settings().open_store()
+    v1 = Registry(store).alias("production")[0].version  # type: ignore[union-attr]
+    env = {
+        "AIDETECT_HOME": str(home),
+        "AIDETECT_ALIAS_POLL_SECONDS": "1",
+        "AIDETECT_FEEDBACK_BURST": "1000",  # the clients below file their reports at once
+        "AIDETECT_ORT_SHARED_POOL": "true",
+    }
+    server = start_server("serving.app:create_app", env, home / "serving.log")
+    try:
+        clients = [
+            httpx.Client(base_url=server.url, timeout=60, transport=httpx.HTTPTransport(local_address=address))
+            for address in ("127.0.0.1", "127.0.0.2")
+        ]
+        before = _predict(clients[0], held_out)
+        seen = _predict(clients[0], feedback_images)
+        wrong = [r for r in seen if r["label"] != r["truth"]]
+        for client in clients:
+            for r in wrong:
+                client.post("/v1/feedback", data={"prediction_id": r["id"], "label": r["truth"]}).raise_for_status()
+        log(f"fold {fold}: v1 held-out accuracy {_accuracy(before):.3f}; {len(wrong)}/{len(seen)} reported")
+        feedback_version = gather_feedback(retrain_after=10**9)
+        second = retrain(
+            epochs=args.epochs, max_train_images=args.max_train_images, augment=False, reason=f"bench fold {fold}"
+        )
+        verdict = "promoted" if second["promoted"] else "rejected: " + "; ".join(second["verdict"]["reasons"])
+        log(f"fold {fold}: v2 {verdict}")
+        live = _wait_for_version(clients[0], second["version"]) if second["promoted"] else v1
+        after = _predict(clients[0], held_out)
+        for client in clients:
+            client.close()
+    finally:
+        server.stop()
+    return {
+        "fold": fold,
+        "held_out_images": len(held_out),
+        "feedback_images_seen": len(seen),
+        "reported": len(wrong),
+        "feedback_dataset": f"feedback@{feedback_version}",
+        "v2": second["version"],
+        "v2_promoted": second["promoted"],
+        "gate_reasons": second["verdict"]["reasons"],
+        "gate_notes": second["verdict"]["notes"],
+        "serving_after": live,
+        "held_out_accuracy": {"before": _accuracy(before), "after": _accuracy(after)},
+        "held_out_correct": {
+            "before": sum(r["label"] == r["truth"] for r in before),
+            "after": sum(r["label"] == r["truth"] for r in after),
+        },
+        "regression_set": second["metrics"].get("regression"),
+        "cifake_test_accuracy_v2": second["metrics"]["accuracy"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cifake", default=str(ROOT.parent / "shared/data/cifake-dev.tar.gz"))
+    parser.add_argument("--newgen", default=str(ROOT.parent / "shared/data/newgen-dev.tar.gz"))
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--limit-per-class", type=int, default=10000)
+    parser.add_argument("--max-train-images", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for path in (args.cifake, args.newgen):
+        if not Path(path).exists():
+            sys.exit(f"bench/loop.py: {path} not found (see ../shared/data/README.md)")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from prefect.testing.utilities import prefect_test_harness
+
+    from aidetect.settings import get_settings
+    from flows.retrain import retrain
+    from model.data import SourceImage, import_dataset, iter_source
+
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="aidetect-loop-"))
+    base_home = work / "base"
+    os.environ["AIDETECT_HOME"] = str(base_home)
+    os.environ.pop("AIDETECT_STORE_URL", None)
+    get_settings.cache_clear()
+    newgen = [
+        (Path(i.path).name, i.label, i.data) for i in iter_source(Path(args.newgen)) if isinstance(i, SourceImage)
+    ]
+    order = np.random.default_rng(args.seed).permutation(len(newgen))
+    folds = [order[k :: args.folds] for k in range(args.folds)]
+    with prefect_test_harness(server_startup_timeout=120):
+        log(f"importing {args.cifake} ({args.limit_per_class} per class)")
+        imported = import_dataset(
+            get_settings().open_store(), Path(args.cifake), "cifake", limit_per_class=args.limit_per_class
+        )
+        log(f"training v1 on cifake@{imported.version}")
+        first = retrain(
+            datasets=["cifake"],
+            epochs=args.epochs,
+            max_train_images=args.max_train_images,
+            warm_start=False,
+            augment=False,
+            reason="bench v1",
+        )
+        assert first["promoted"], first["verdict"]
+        results = []
+        for k, held in enumerate(folds):
+            held_set = set(held.tolist())
+            results.append(
+                run_fold(
+                    k,
+                    base_home,
+                    work,
+                    [newgen[i] for i in order if i not in held_set],
+                    [newgen[i] for i in held],
+                    args,
+                )
+            )
+    total = sum(r["held_out_images"] for r in results)
+    before = sum(r["held_out_correct"]["before"] for r in results) / total
+    after = sum(r["held_out_correct"]["after"] for r in results) / total
+    print(
+        json.dumps(
+            {
+                "benchmark": "loop",
+                "newgen_images": len(newgen),
+                "folds": args.folds,
+                "cifake_images": imported.taken,
+                "epochs": args.epochs,
+                "v1": first["version"],
+                "cifake_test_accuracy_v1": first["metrics"]["accuracy"],
+                "held_out_accuracy_pooled": {"before": before, "after": after, "gain": after - before},
+                "promoted_folds": sum(r["v2_promoted"] for r in results),
+                "per_fold": results,
+                "wall_seconds": round(time.monotonic() - started, 1),
+                "work_dir": str(work),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
