@@ -6,7 +6,7 @@ DATA ?= ../shared/data/cifake-dev.tar.gz
 NEWGEN ?= ../shared/data/newgen-dev.tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint stop serve lock clean browser
+.PHONY: install demo test lint stop serve up lock clean browser tools
 
 $(BIN)/aidetect: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ install: $(BIN)/aidetect
 demo: install
 	$(BIN)/aidetect demo --data "$(DATA)" --newgen "$(NEWGEN)"
 
-test: install browser
+test: install browser tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The web page tests drive Debian's chromium (Playwright's own browser download is not used).
@@ -28,6 +28,13 @@ browser:
 	  echo "installing chromium for the browser tests (apt-get)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# promtool for tests/deploy (Debian's prometheus package; hadolint and actionlint come from the dev extra).
+tools:
+	@command -v promtool >/dev/null || { \
+	  echo "installing promtool for the deploy config tests (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check .
@@ -38,6 +45,11 @@ stop:
 
 serve: install
 	$(BIN)/aidetect serve
+
+# The long-running local stack: Prefect server + UI, the deployments, a worker per pool,
+# serving. Ctrl-C stops all of it.
+up: install
+	$(BIN)/aidetect up
 
 lock: install
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^aidetect' > requirements.lock.tmp

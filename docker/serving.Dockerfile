@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1
+# The HTTP service: FastAPI + onnxruntime, no TensorFlow (the `serving` extra of pyproject.toml).
+# No model inside: every replica follows the registry alias (AIDETECT_MODEL_ALIAS, default
+# production) in the object store and caches the last good model under AIDETECT_HOME.
+#   docker build -f docker/serving.Dockerfile -t aidetect-serving .
+FROM python:3.11.14-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    AIDETECT_HOME=/var/lib/aidetect
+
+RUN groupadd --system --gid 10001 aidetect \
+    && useradd --system --uid 10001 --gid aidetect --home-dir /var/lib/aidetect --create-home aidetect
+
+WORKDIR /app
+# Dependencies first (cached while only code changes), every version from the lock.
+COPY pyproject.toml requirements.lock README.md ./
+COPY aidetect ./aidetect
+COPY storage ./storage
+COPY model ./model
+COPY serving ./serving
+COPY feedback ./feedback
+COPY flows ./flows
+RUN pip install --no-cache-dir -c requirements.lock ".[serving]" \
+    && python -c "import serving.app, onnxruntime, prometheus_client" \
+    && ! python -c "import tensorflow" 2>/dev/null
+
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+CMD ["aidetect", "serve", "--host", "0.0.0.0", "--port", "8000"]

