@@ -21,24 +21,11 @@ from typing import Any
 import httpx
 
 from aidetect.settings import get_settings
+from aidetect.stack import wait_http
 
 
 def say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def _wait_http(url: str, timeout: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}; see its log")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
 def _start(name: str, command: list[str], run_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -135,7 +122,7 @@ def run_demo(args: argparse.Namespace) -> int:
         run_dir,
         env,
     )
-    _wait_http(f"{prefect_url}/api/health", 120, "the Prefect server", prefect)
+    wait_http(f"{prefect_url}/api/health", 120, "the Prefect server", prefect)
     os.environ["PREFECT_API_URL"] = f"{prefect_url}/api"
     os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]
 
@@ -169,7 +156,7 @@ def run_demo(args: argparse.Namespace) -> int:
         # the demo files all its reports at once, like a bulk import; real clients get 30 a minute
         {**env, "AIDETECT_ALIAS_POLL_SECONDS": "1", "AIDETECT_FEEDBACK_BURST": "1000"},
     )
-    _wait_http(f"{serve_url}/readyz", 120, "serving", serving)
+    wait_http(f"{serve_url}/readyz", 120, "serving", serving)
 
     newgen = Path(args.newgen)
     with httpx.Client(base_url=serve_url, timeout=60) as client:

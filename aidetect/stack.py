@@ -30,7 +30,7 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _wait_http(url: str, timeout: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, timeout: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -106,13 +106,13 @@ def run_up(args: argparse.Namespace) -> int:
             "prefect-server",
             [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(args.prefect_port)],
         )
-        _wait_http(f"{prefect_url}/api/health", 180, "the Prefect server", server)
+        wait_http(f"{prefect_url}/api/health", 180, "the Prefect server", server)
         with open(logs / "deploy.log", "ab") as log:
             deploy(env, log)
         for pool in POOLS:
             start(f"worker-{pool}", [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process"])
         serving = start("serving", [_bin("aidetect"), "serve", "--host", "127.0.0.1", "--port", str(args.port)])
-        _wait_http(f"http://127.0.0.1:{args.port}/healthz", 120, "serving", serving)
+        wait_http(f"http://127.0.0.1:{args.port}/healthz", 120, "serving", serving)
         print(
             f"""
   Prefect UI   {prefect_url}          (deployments, runs, artifacts, automations)
