@@ -30,7 +30,9 @@ def say(message: str) -> None:
 
 def _start(name: str, command: list[str], run_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    process = subprocess.Popen(  # noqa: S603 - our own commands (this venv's binaries), no shell
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     (run_dir / f"{name}.pid").write_text(str(process.pid))
     return process
 

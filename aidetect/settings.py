@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from storage import ObjectStore, open_store
+
+MIN_TOKEN_LENGTH = 16
+PLACEHOLDERS = frozenset(
+    {"changeme", "change_me", "change-me", "admin", "secret", "token", "password", "test", "example", "xxx", "todo"}
+)
+
+
+class InsecureSettings(ValueError):
+    """Settings that serving refuses to start with (outside the embedded default)."""
+
+
+def placeholder_problem(token: str) -> str | None:
+    """Why ``token`` is a placeholder rather than a secret (None when it looks like a real one)."""
+    stripped = token.strip()
+    if not stripped:
+        return "empty"
+    if stripped.lower() in PLACEHOLDERS or re.search(r"change[-_ ]?me", stripped, re.IGNORECASE):
+        return "a placeholder"
+    if stripped != token:
+        return "padded with whitespace"
+    if len(set(stripped)) == 1:
+        return "one repeated character"
+    if len(stripped) < MIN_TOKEN_LENGTH:
+        return f"shorter than {MIN_TOKEN_LENGTH} characters"
+    return None
 
 
 class Settings(BaseSettings):
@@ -28,7 +54,16 @@ class Settings(BaseSettings):
     # serving
     model_alias: str = "production"
     alias_poll_seconds: float = Field(2.0, gt=0)
-    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024,
+        gt=0,
+        description="largest accepted upload in bytes (per image file); larger ones are refused with 413",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser origins allowed cross-origin (comma-separated, e.g. https://app.example.com); "
+        "empty (the default) = same-origin only, no CORS headers at all",
+    )
     recent_predictions: int = Field(2048, ge=0, description="predictions kept in memory for feedback")
     ort_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = the cores this process may use")
     ort_shared_pool: bool = Field(
@@ -40,7 +75,11 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(16, ge=1, le=256, description="micro-batching: most images per session run")
     batch_max_wait_ms: float = Field(2.0, ge=0, le=100, description="micro-batching: wait for more while busy")
     batch_max_files: int = Field(32, ge=1, description="most files in one /v1/predict/batch request")
-    admin_token: SecretStr | None = Field(None, description="bearer token for /v1/admin/*; unset = disabled")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="bearer token for /v1/admin/*; unset = disabled (403). With an s3:// store, serving refuses "
+        "to start on a placeholder token (empty, CHANGE_ME, admin, ..., or shorter than 16 characters)",
+    )
     shadow_alias: str | None = Field(None, description="also follow this alias (e.g. candidate) and shadow-score")
     shadow_share: float = Field(0.1, ge=0, le=1, description="share of predictions also scored by the shadow")
     prediction_log: bool = Field(True, description="write each prediction to predictions/ in the store")
@@ -60,6 +99,43 @@ class Settings(BaseSettings):
         if "://" in value and not value.startswith(("file://", "s3://")):
             raise ValueError(f"store_url must be a folder, file://... or s3://bucket/prefix, got {value!r}")
         return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origin_form(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"a CORS origin is scheme://host[:port] (or *), got {origin!r}")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """The embedded default: the store is a local folder (no ``s3://`` store URL)."""
+        return not self.store_url.startswith("s3://")
+
+    def check_serving_security(self) -> None:
+        """Refuse settings that are unsafe to serve with outside the embedded default.
+
+        With an ``s3://`` store (a deployment), a set admin token must not be a placeholder.
+        Unset stays allowed everywhere: the admin endpoints are then disabled (403).
+        """
+        if self.embedded or self.admin_token is None:
+            return
+        problem = placeholder_problem(self.admin_token.get_secret_value())
+        if problem:
+            raise InsecureSettings(
+                f"AIDETECT_ADMIN_TOKEN is {problem}; with an s3:// store serving will not start on it. "
+                f"Set a random token of at least {MIN_TOKEN_LENGTH} characters "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`) or unset it to disable "
+                "the admin endpoints"
+            )
 
     @property
     def resolved_store_url(self) -> str:

@@ -47,11 +47,11 @@ def wait_http(url: str, timeout: float, what: str, process: subprocess.Popen[byt
 def deploy(env: dict[str, str], log: IO[bytes] | None = None) -> None:
     """Work pools (if missing), then ``prefect deploy --all`` from the project root."""
     for pool in POOLS:
-        found = subprocess.run(
+        found = subprocess.run(  # noqa: S603 - fixed arguments, this venv's prefect
             [_bin("prefect"), "work-pool", "inspect", pool], env=env, capture_output=True, cwd=ROOT, check=False
         )
         if found.returncode != 0:
-            subprocess.run(
+            subprocess.run(  # noqa: S603 - fixed arguments, this venv's prefect
                 [_bin("prefect"), "work-pool", "create", pool, "--type", "process"],
                 env=env,
                 cwd=ROOT,
@@ -59,7 +59,7 @@ def deploy(env: dict[str, str], log: IO[bytes] | None = None) -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT if log is not None else None,
             )
-    subprocess.run(
+    subprocess.run(  # noqa: S603 - fixed arguments, this venv's prefect
         [_bin("prefect"), "--no-prompt", "deploy", "--all"],
         env=env,
         cwd=ROOT,
@@ -88,7 +88,7 @@ def run_up(args: argparse.Namespace) -> int:
 
     def start(name: str, command: list[str]) -> subprocess.Popen[bytes]:
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        process = subprocess.Popen(
+        process = subprocess.Popen(  # noqa: S603 - our own commands (this venv's binaries), no shell
             command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
         )
         children.append((name, process))

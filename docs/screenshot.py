@@ -35,7 +35,7 @@ def main() -> None:
         registry.promote(register_onnx(registry, mean_brightness_model(tmp / "m.onnx")), reason="screenshot")
         port = free_port()
         env = {**os.environ, "AIDETECT_HOME": str(tmp / "home"), "AIDETECT_STORE_URL": str(store.root)}
-        server = subprocess.Popen(
+        server = subprocess.Popen(  # noqa: S603 - fixed arguments: this interpreter running uvicorn
             [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--port", str(port)],
             env=env,
             cwd=ROOT,

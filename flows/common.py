@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,9 +24,12 @@ def store_for(store_url: str | None) -> ObjectStore:
 
 def code_version() -> str:
     """Package version plus the git commit when running from a checkout."""
+    git = shutil.which("git")
+    if git is None:
+        return __version__
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+        commit = subprocess.run(  # noqa: S603 - fixed arguments, git found on PATH
+            [git, "rev-parse", "--short", "HEAD"],
             cwd=Path(__file__).parent,
             capture_output=True,
             text=True,

@@ -227,7 +227,8 @@ def run_training(params: dict[str, Any], deployment: str | None, fallback: str |
     chosen = _choose_deployment(deployment, fallback)
     get_run_logger().info("starting %s and waiting for it", chosen)
     run = run_deployment(name=chosen, parameters=params, timeout=timeout_seconds, poll_interval=5)
-    assert isinstance(run, FlowRun)  # the sync call (we are not in an event loop)
+    if not isinstance(run, FlowRun):  # the sync call returns one (we are not in an event loop)
+        raise TypeError(f"run_deployment returned {type(run).__name__}, expected a FlowRun")
     state = run.state
     if state is None or not state.is_completed():
         raise RuntimeError(

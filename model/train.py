@@ -166,7 +166,8 @@ class _ValidationF1(keras.callbacks.Callback):
             self._checkpoint(epoch + 1, improved)
 
     def _checkpoint(self, epochs_done: int, improved: bool) -> None:
-        assert self.checkpoint_dir is not None
+        if self.checkpoint_dir is None:
+            raise RuntimeError("no checkpoint folder")
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         if improved:
             self.model.save(self.checkpoint_dir / ".best.keras")

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 
 from aidetect.settings import Settings, get_settings
@@ -89,7 +90,10 @@ async def _start_holder(holder: ModelHolder, loader: ThreadPoolExecutor) -> None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; raises ``InsecureSettings`` (serving does not start) on a placeholder admin token
+    outside the embedded default (see ``Settings.check_serving_security``)."""
     settings = settings or get_settings()
+    settings.check_serving_security()
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -181,6 +185,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:  # unset: same-origin only, no CORS headers at all
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type"],  # not Authorization: admin calls are not for browsers
+            allow_credentials=False,
+        )
     app.include_router(router)
 
     @app.get("/", include_in_schema=False)

@@ -76,7 +76,8 @@ class MicroBatcher:
         return await future
 
     async def _collect(self) -> None:
-        assert self._queue is not None
+        if self._queue is None:
+            raise RuntimeError("the batcher is not running")
         queue = self._queue
         while True:
             batch = [await queue.get()]

@@ -191,9 +191,12 @@ def client_fingerprint(request: Request) -> str:
     return hash_client(request.client.host if request.client else "unknown")
 
 
-def _same_origin_only(request: Request) -> None:
-    """Refuse feedback posted from another site's page (browsers send Origin on cross-site POSTs)."""
+def _same_origin_only(request: Request, allowed: list[str]) -> None:
+    """Refuse feedback posted from another site's page (browsers send Origin on cross-site POSTs),
+    unless that site is one of ``AIDETECT_CORS_ORIGINS``."""
     origin = request.headers.get("origin")
+    if origin and origin in allowed:
+        return
     if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", ""):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"feedback from another site ({origin}) is not accepted")
 
@@ -347,7 +350,7 @@ async def submit_feedback(
     202: the store is down; kept in this replica's outbox and sent when it is back.
     429: this client sent too many reports; retry after the seconds in ``Retry-After``.
     """
-    _same_origin_only(request)
+    _same_origin_only(request, state.settings.cors_origins)
     fingerprint = client_fingerprint(request)
     wait = state.feedback_limiter.take(fingerprint)
     if wait > 0:
@@ -372,7 +375,8 @@ async def submit_feedback(
         data, ext = known.image, known.image_ext
         predicted, score, version = known.label, known.probability, known.model_version
     else:
-        assert file is not None
+        if file is None:  # ruled out above; for the type checker
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "send a prediction_id or the image file")
         try:
             data = await _read_upload(file, state.settings.max_upload_bytes)
             live = state.holder.current
