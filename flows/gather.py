@@ -67,7 +67,7 @@ def gather_feedback(
     champion. Idempotent: when nothing changed, no version is written and the latest is
     returned. When ``retrain_after`` or more taken training images are not yet in the live
     model's training data, emits ``aidetect.feedback.ready`` (``prefect.yaml`` starts
-    ``retrain`` on it).
+    ``retrain`` on it), once per ``retrain_after`` such images.
     """
     if not 0 <= holdout_share < 0.9:
         raise ValueError(f"holdout_share must be in [0, 0.9), got {holdout_share}")
@@ -145,7 +145,10 @@ def gather_feedback(
         description="feedback dataset version",
     )
     logger.info("wrote %s@%s: %d images, %d added, %d withdrawn", dataset, version, len(rows), len(added), withdrawn)
-    if pending >= retrain_after:
+    # Ask once per ``retrain_after`` new images (at 50, 100, ...), not on every version past the
+    # bar: a challenger the gate rejected must not be retried every hour for one more image.
+    added_train = sum(r["split"] == "train" and r["sha256"] not in known for r in added)
+    if retrain_after > 0 and pending // retrain_after > (pending - added_train) // retrain_after:
         emit_event(
             event="aidetect.feedback.ready",
             resource={"prefect.resource.id": f"aidetect.dataset.{dataset}", "aidetect.version": version},

@@ -114,8 +114,15 @@ def test_gather_is_incremental_holds_out_a_regression_set_and_asks_for_a_retrain
 
     assert not emitted  # below the bar (1000): no event
 
-    # no model is live yet, so every taken training image is new to it: past the bar, an event
-    report(40)
-    third = gather_feedback(store_url=url, retrain_after=5)
+    # no model is live yet, so every taken training image is new to it: crossing the bar, an event
+    waiting = sum(r["split"] == "train" for r in rows2.values())
+    bar = waiting + 1
+    for i in range(40, 45):  # five more images: some land in the training split
+        report(i)
+    third = gather_feedback(store_url=url, retrain_after=bar)
     assert [e["event"] for e in emitted] == ["aidetect.feedback.ready"]
-    assert emitted[0]["payload"]["version"] == third and emitted[0]["payload"]["pending"] >= 5
+    assert emitted[0]["payload"]["version"] == third and emitted[0]["payload"]["pending"] >= bar
+    # one more image, still under the next multiple of the bar: no second request
+    report(45)
+    assert gather_feedback(store_url=url, retrain_after=bar) != third
+    assert len(emitted) == 1
