@@ -68,7 +68,7 @@ def interpolate(text: str, env: dict[str, str]) -> str:
         if op in (":-", "-"):
             return value if value or (op == "-" and value is not None) else arg
         if op in (":?", "?") and (value is None or (op == ":?" and not value)):
-            raise KeyError(f"${{{name}}} is required ({arg}) but .env.example does not set it")
+            raise KeyError(f"${{{name}}} is required ({arg}) but the .env does not set it")
         return value or ""
 
     escaped = text.replace("$$", "\0")

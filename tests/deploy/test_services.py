@@ -40,13 +40,13 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.deploy.test_configs import interpolate
 from tests.helpers import free_port, image_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 HEALTH_URL = re.compile(r"http://127\.0\.0\.1:(?P<port>\d+)(?P<path>/[^'\"\s]*)")
 CONTAINER_HOME = "/var/lib/aidetect"
 CONTAINER_CODE = "/app"
@@ -85,21 +85,6 @@ def make_dotenv() -> dict[str, str]:
             value = value.strip()
             env[key.strip()] = secrets.token_urlsafe(16) if value == "CHANGE_ME" else value
     return env
-
-
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}; $$ stays $."""
-
-    def one(match: re.Match[str]) -> str:
-        name, op, arg = match["name"], match["op"], match["arg"]
-        value = env.get(name)
-        if op in (":-", "-"):
-            return value if value or (op == "-" and value is not None) else arg
-        if op in (":?", "?") and (value is None or (op == ":?" and not value)):
-            raise KeyError(f"${{{name}}} is required ({arg}) but the .env does not set it")
-        return value or ""
-
-    return INTERPOLATION.sub(one, text.replace("$$", "\0")).replace("\0", "$")
 
 
 def load_compose(env: dict[str, str]) -> dict[str, Any]:

@@ -31,3 +31,16 @@ def model_store(tmp_path: Path, trained_tiny: Trained) -> tuple[LocalStore, str]
     version = register_trained(registry, trained_tiny)
     registry.promote(version, reason="test")
     return store, version
+
+
+@pytest.fixture
+def mean_store(tmp_path: Path) -> tuple[LocalStore, str]:
+    """A store whose production alias points at the mean-brightness ONNX model."""
+    from tests.serving.onnx_models import mean_brightness_model
+    from tests.serving.test_hardening import register_onnx
+
+    store = LocalStore(tmp_path / "store")
+    registry = Registry(store)
+    version = register_onnx(registry, mean_brightness_model(tmp_path / "mean.onnx"))
+    registry.promote(version, reason="test")
+    return store, version

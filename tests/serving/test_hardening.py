@@ -38,15 +38,6 @@ def settings_for(tmp_path: Path, store: LocalStore | None = None, **overrides: o
     return Settings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def mean_store(tmp_path: Path) -> tuple[LocalStore, str]:
-    store = LocalStore(tmp_path / "store")
-    registry = Registry(store)
-    version = register_onnx(registry, mean_brightness_model(tmp_path / "mean.onnx"))
-    registry.promote(version, reason="test")
-    return store, version
-
-
 def _refused_count(metrics: str, reason: str) -> float:
     match = re.search(rf'aidetect_model_refused_total\{{reason="{reason}",role="production"\}} (\S+)', metrics)
     return float(match.group(1)) if match else 0.0

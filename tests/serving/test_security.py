@@ -9,24 +9,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from aidetect.settings import InsecureSettings, Settings, placeholder_problem
-from model.registry import Registry
 from serving.app import create_app
 from storage import LocalStore
 from tests.conftest import make_s3_store
-from tests.serving.onnx_models import mean_brightness_model
-from tests.serving.test_hardening import register_onnx, settings_for
+from tests.serving.test_hardening import settings_for
 
 STRONG = "r4nd0m-Adm1n-T0ken-9f2c4e1b7a"  # 30 characters, not a placeholder
 PLACEHOLDERS = ["", "   ", "CHANGE_ME", "changeme", "change-me-please", "admin", "secret", "token", "s3cret", "x" * 40]
-
-
-@pytest.fixture
-def mean_store(tmp_path: Path) -> tuple[LocalStore, str]:
-    store = LocalStore(tmp_path / "store")
-    registry = Registry(store)
-    version = register_onnx(registry, mean_brightness_model(tmp_path / "mean.onnx"))
-    registry.promote(version, reason="test")
-    return store, version
 
 
 def s3_settings(tmp_path: Path, **overrides: object) -> Settings:
