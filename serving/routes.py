@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile, status
+from fastapi.exceptions import RequestValidationError
 from PIL import Image
 
 from feedback.records import FeedbackRecord, hash_client
@@ -327,6 +328,13 @@ async def annotated(state: StateDep, prediction_id: str) -> Response:
     return Response(png, media_type="image/png", headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
+def _no_image() -> RequestValidationError:
+    """A 422 in the shape of FastAPI's own (the documented ``HTTPValidationError``): one error, on ``file``."""
+    return RequestValidationError(
+        [{"type": "missing", "loc": ("body", "file"), "msg": "send a prediction_id or the image file", "input": None}]
+    )
+
+
 @router.post(
     "/v1/feedback",
     response_model=FeedbackOut,
@@ -348,6 +356,7 @@ async def submit_feedback(
 
     201: stored, in quarantine until independent clients agree or a reviewer accepts it.
     202: the store is down; kept in this replica's outbox and sent when it is back.
+    422: neither a known ``prediction_id`` nor a ``file``, as a validation error on ``file``.
     429: this client sent too many reports; retry after the seconds in ``Retry-After``.
     """
     _same_origin_only(request, state.settings.cors_origins)
@@ -367,7 +376,7 @@ async def submit_feedback(
             status.HTTP_404_NOT_FOUND, f"prediction {prediction_id!r} is unknown or expired; upload the image"
         )
     if known is None and file is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "send a prediction_id or the image file")
+        raise _no_image()
     predicted: str | None = None
     score: float | None = None
     version: str | None = None
@@ -376,7 +385,7 @@ async def submit_feedback(
         predicted, score, version = known.label, known.probability, known.model_version
     else:
         if file is None:  # ruled out above; for the type checker
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "send a prediction_id or the image file")
+            raise _no_image()
         try:
             data = await _read_upload(file, state.settings.max_upload_bytes)
             live = state.holder.current

@@ -81,10 +81,8 @@ CHECKS = [
 ]
 # Known mismatches with the schema (not server errors): (method, path, status) -> why. Each has an
 # xfail(strict=True) test below, so that fixing one shows up as an XPASS to delete the entry for.
-NON_CONFORMING_BODIES = {
-    ("POST", "/v1/feedback", 422): "the hand-raised 422 'send a prediction_id or the image file' has a string "
-    "detail; the schema's 422 is FastAPI's HTTPValidationError (detail: a list)",
-}
+# None at present (the feedback route's own 422 now has FastAPI's validation-error shape).
+NON_CONFORMING_BODIES: dict[tuple[str, str, int], str] = {}
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 
@@ -256,10 +254,11 @@ def test_the_fuzzed_requests_reached_the_model(fuzz: Fuzz) -> None:
             assert tally.statuses[200] + tally.statuses[201] > 0, (label, tally.statuses)
 
 
-@pytest.mark.xfail(strict=True, reason=NON_CONFORMING_BODIES[("POST", "/v1/feedback", 422)])
 def test_feedback_without_an_id_or_a_file_answers_the_documented_422(fuzz: Fuzz) -> None:
     operation = fuzz.schema["/v1/feedback"]["POST"]
     case = operation.Case(body={"label": "ai"}, media_type="multipart/form-data")
     response = case.call()
     assert response.status_code == 422
     case.validate_response(response, checks=[response_schema_conformance])
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "file"] and "prediction_id" in error["msg"]
