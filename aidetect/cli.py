@@ -184,9 +184,9 @@ def _cmd_flow_drift(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from serving.server import serve
 
-    uvicorn.run("serving.app:create_app", factory=True, host=args.host, port=args.port, log_level="info")
+    serve(args.host, args.port)
     return 0
 
 

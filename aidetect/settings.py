@@ -93,6 +93,19 @@ class Settings(BaseSettings):
     feedback_max_per_client: int = Field(50, ge=1, description="most images one client brings into a dataset version")
     outbox_flush_seconds: float = Field(5.0, gt=0, description="how often queued feedback is retried")
 
+    # process
+    build: str = Field("dev", description="the code this process runs (the image's git sha); in /healthz")
+    drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=600,
+        description="on SIGTERM, keep serving this long with /healthz and /readyz answering 503, so a load "
+        "balancer stops sending before the listener closes (rolling deploys); 0 = stop at once",
+    )
+    shutdown_timeout_seconds: float = Field(
+        20.0, gt=0, le=600, description="after draining, most seconds to let requests in flight finish"
+    )
+
     @field_validator("store_url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:

@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_serving_security()
     metrics = Metrics()
+    draining = threading.Event()  # set by serving.server on SIGTERM, before the lifespan ends
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             shadow=shadow,
             loader=loader,
             outbox=outbox,
+            draining=draining,
             history=History(),
             feedback_limiter=RateLimiter(settings.feedback_per_minute, settings.feedback_burst),
             feedback_policy=Policy(
@@ -184,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
+    app.state.draining = draining
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     if settings.cors_origins:  # unset: same-origin only, no CORS headers at all
         app.add_middleware(

@@ -572,20 +572,31 @@ async def admin_rollback(state: StateDep) -> AdminOut:
 
 
 # health -------------------------------------------------------------------------------------
-@router.get("/healthz", response_model=Health, tags=["health"])
+def _not_draining(state: ServingState) -> None:
+    if state.draining.is_set():
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "draining: this replica is shutting down and finishes the requests it has",
+        )
+
+
+@router.get("/healthz", response_model=Health, tags=["health"], responses={503: PROBLEM})
 async def healthz(state: StateDep) -> Health:
-    """The process is up (with or without a model)."""
+    """The process is up (with or without a model); 503 while draining before a shutdown, so a
+    load balancer stops sending new requests here (every other endpoint still answers)."""
+    _not_draining(state)
     live = state.holder.current
-    return Health(status="ok", model_version=live.version if live else None)
+    return Health(status="ok", model_version=live.version if live else None, build=state.settings.build)
 
 
 @router.get("/readyz", response_model=Health, tags=["health"], responses={503: PROBLEM})
 async def readyz(state: StateDep) -> Health:
-    """Ready only with a model loaded."""
+    """Ready only with a model loaded, and not draining."""
+    _not_draining(state)
     live = state.holder.current
     if live is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model loaded")
-    return Health(status="ready", model_version=live.version)
+    return Health(status="ready", model_version=live.version, build=state.settings.build)
 
 
 @router.get(

@@ -86,3 +86,4 @@ class ModelOut(BaseModel):
 class Health(BaseModel):
     status: str
     model_version: str | None
+    build: str = Field("dev", description="the code this replica runs (AIDETECT_BUILD: the image's git sha)")

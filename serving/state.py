@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,7 @@ class ServingState:
     rng: random.Random = field(default_factory=random.Random)
     shadow_waiting: int = 0
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    draining: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM (serving.server)
 
     def log_prediction(self, record: dict[str, Any], image: Image.Image, data: bytes, pixels: np.ndarray) -> None:
         """Finish the log record off the request path (statistics, shadow score), then buffer it."""

@@ -35,7 +35,7 @@ def test_predict_returns_a_verdict_from_the_live_model(tmp_path: Path, model_sto
         assert body["label"] == ("ai" if body["probability"] >= 0.5 else "real")
         assert body["latency_ms"] > 0
         assert client.get("/v1/model").json()["version"] == version
-        assert client.get("/readyz").json() == {"status": "ready", "model_version": version}
+        assert client.get("/readyz").json() == {"status": "ready", "model_version": version, "build": "dev"}
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_bad_uploads_get_a_clear_4xx(
 def test_without_a_model_predict_and_readyz_say_so(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "empty")
     with TestClient(create_app(_settings(tmp_path, store))) as client:
-        assert client.get("/healthz").json() == {"status": "ok", "model_version": None}
+        assert client.get("/healthz").json() == {"status": "ok", "model_version": None, "build": "dev"}
         assert client.get("/readyz").status_code == 503
         response = client.post("/v1/predict", files={"file": ("x.jpg", image_bytes())})
         assert response.status_code == 503
