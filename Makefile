@@ -29,12 +29,13 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-# promtool for tests/deploy (Debian's prometheus package; hadolint and actionlint come from the dev extra).
+# promtool and haproxy for tests/deploy (Debian's prometheus and haproxy packages; hadolint and
+# actionlint come from the dev extra). Only the binaries are used: no service is enabled.
 tools:
-	@command -v promtool >/dev/null || { \
-	  echo "installing promtool for the deploy config tests (apt-get)"; \
+	@command -v promtool >/dev/null && command -v haproxy >/dev/null || { \
+	  echo "installing promtool and haproxy for the deploy tests (apt-get)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus haproxy >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check .

@@ -26,6 +26,10 @@ RUN pip install --no-cache-dir -c requirements.lock ".[serving]" \
     && python -c "import serving.app, onnxruntime, prometheus_client" \
     && ! python -c "import tensorflow" 2>/dev/null
 
+# The git sha the image was built from (CI passes it); late, so a new sha reuses the layers above.
+ARG AIDETECT_BUILD=dev
+ENV AIDETECT_BUILD=${AIDETECT_BUILD}
+
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \

@@ -40,6 +40,10 @@ RUN pip install --no-cache-dir -c requirements.lock -e ".[flows]" \
        elif [ "$VARIANT" != cpu ]; then echo "VARIANT must be cpu or gpu, got $VARIANT" >&2; exit 1; fi \
     && python -c "import prefect, flows.retrain, tensorflow"
 
+# The git sha the image was built from (CI passes it); late, so a new sha reuses the layers above.
+ARG AIDETECT_BUILD=dev
+ENV AIDETECT_BUILD=${AIDETECT_BUILD}
+
 USER 10001:10001
 # `--with-healthcheck` serves /health on PREFECT_WORKER_WEBSERVER_PORT (8080).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

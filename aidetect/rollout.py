@@ -1,0 +1,247 @@
+"""Rolling replacement of a Compose service's replicas: one at a time, no failed request.
+
+    python3 -m aidetect.rollout serving          # on the Docker host, in the checkout
+
+For each running replica, oldest first:
+
+1. start one more replica from the current compose file and ``.env`` (the new image tag),
+   next to the old ones: ``docker compose up -d --no-deps --no-recreate --scale serving=N+1``;
+2. wait until Docker reports it healthy and, if the old replica was ready (``/readyz``: a
+   model loaded and its canaries passed), until it is ready too; the load balancer
+   (``proxy``, deploy/haproxy.cfg) finds it through Docker's DNS and health-checks it;
+3. stop one old replica with ``docker stop``: its SIGTERM starts serving's drain
+   (``AIDETECT_DRAIN_SECONDS``: ``/healthz`` answers 503, the proxy takes it out, requests in
+   flight finish), then the listener closes and the container is removed.
+
+A new replica that does not become healthy in time is stopped and the rollout fails,
+naming it and quoting its last log lines; the old replicas not yet replaced keep serving.
+The module uses the standard library only, so a bare ``python3`` on the host runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess  # noqa: S404 - runs the docker CLI with fixed argument lists, never a shell
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class RolloutError(RuntimeError):
+    """The rollout stopped; the message says where and what still runs."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    id: str
+    name: str
+    image: str = ""
+
+
+class Runtime(Protocol):
+    """Where the replicas run: Docker Compose here, processes in the tests."""
+
+    def replicas(self) -> list[Replica]:
+        """The running replicas, oldest first."""
+        ...
+
+    def start_one(self) -> Replica:
+        """One more replica from the current configuration, next to the running ones."""
+        ...
+
+    def health(self, replica: Replica) -> str:
+        """``starting``, ``healthy``, ``unhealthy`` or ``exited``."""
+        ...
+
+    def ready(self, replica: Replica) -> bool:
+        """Whether its readiness endpoint answers 200."""
+        ...
+
+    def stop(self, replica: Replica) -> None:
+        """SIGTERM, the grace period, then remove it."""
+        ...
+
+    def logs(self, replica: Replica, lines: int = 30) -> str: ...
+
+
+@dataclass
+class Report:
+    replaced: list[tuple[Replica, Replica]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "replaced": [{"old": old.name, "new": new.name, "image": new.image} for old, new in self.replaced],
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def rollout(
+    runtime: Runtime,
+    *,
+    timeout: float = 180.0,
+    poll: float = 1.0,
+    progress: Callable[[str], None] = print,
+) -> Report:
+    """Replace every running replica, one at a time (see the module's docstring)."""
+    started = time.monotonic()
+    old = runtime.replicas()
+    if not old:
+        raise RolloutError("no running replica to replace: start the service first (docker compose up -d)")
+    report = Report()
+    for number, replica in enumerate(old, 1):
+        need_ready = runtime.ready(replica)
+        new = runtime.start_one()
+        progress(f"[{number}/{len(old)}] started {new.name} ({new.image}); waiting for it to be healthy")
+        problem = _wait(runtime, new, need_ready, timeout, poll)
+        if problem:
+            last = runtime.logs(new)
+            runtime.stop(new)
+            raise RolloutError(
+                f"{new.name} {problem}; it was stopped. {len(report.replaced)} of {len(old)} replicas were "
+                f"replaced, the other {len(old) - len(report.replaced)} still run their old image. "
+                f"Its last log lines:\n{last}"
+            )
+        progress(f"[{number}/{len(old)}] {new.name} is {'ready' if need_ready else 'healthy'}; stopping {replica.name}")
+        runtime.stop(replica)
+        report.replaced.append((replica, new))
+    report.seconds = time.monotonic() - started
+    progress(f"rolled out {len(old)} replicas in {report.seconds:.0f} s")
+    return report
+
+
+def _wait(runtime: Runtime, replica: Replica, need_ready: bool, timeout: float, poll: float) -> str | None:
+    """None once healthy (and ready if asked), else what went wrong."""
+    deadline = time.monotonic() + timeout
+    state = "starting"
+    while time.monotonic() < deadline:
+        state = runtime.health(replica)
+        if state == "exited":
+            return "exited while starting"
+        if state == "unhealthy":
+            return "is unhealthy"
+        if state == "healthy" and (not need_ready or runtime.ready(replica)):
+            return None
+        time.sleep(poll)
+    what = "ready" if state == "healthy" else "healthy"
+    return f"was not {what} within {timeout:.0f} s (last health: {state})"
+
+
+# --- Docker Compose ----------------------------------------------------------------------------
+
+
+class ComposeRuntime:
+    """A service of a Compose project, through the ``docker`` CLI (Compose v2)."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        compose_args: Sequence[str] = (),
+        port: int = 8000,
+        ready_path: str = "/readyz",
+        docker: str = "docker",
+    ) -> None:
+        self.service = service
+        self.compose = [docker, "compose", *compose_args]
+        self.docker = docker
+        self.port = port
+        self.ready_path = ready_path
+
+    def _run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
+        if check and result.returncode != 0:
+            raise RolloutError(f"`{' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+        return result
+
+    def replicas(self) -> list[Replica]:
+        out = self._run(*self.compose, "ps", "--format", "json", self.service).stdout
+        rows = parse_ps(out)
+        running = [
+            row for row in rows if row.get("State") == "running" and row.get("Service", self.service) == self.service
+        ]
+        running.sort(key=lambda row: (row.get("CreatedAt", ""), row.get("Name", "")))
+        return [Replica(str(row["ID"]), str(row["Name"]), str(row.get("Image", ""))) for row in running]
+
+    def start_one(self) -> Replica:
+        before = {replica.id for replica in self.replicas()}
+        self._run(
+            *self.compose, "up", "--detach", "--no-deps", "--no-recreate",
+            "--scale", f"{self.service}={len(before) + 1}", self.service,
+        )  # fmt: skip
+        new = [replica for replica in self.replicas() if replica.id not in before]
+        if len(new) != 1:
+            raise RolloutError(f"expected one new {self.service} container, found {len(new)}: {new}")
+        return new[0]
+
+    def health(self, replica: Replica) -> str:
+        fmt = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
+        result = self._run(self.docker, "inspect", "--format", fmt, replica.id, check=False)
+        if result.returncode != 0:
+            return "exited"  # gone
+        status, _, health = result.stdout.strip().partition(" ")
+        if status in ("exited", "dead", "removing"):
+            return "exited"
+        if status != "running":
+            return "starting"
+        return health or "healthy"  # no healthcheck: running is all Docker knows
+
+    def ready(self, replica: Replica) -> bool:
+        probe = (
+            f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{self.port}{self.ready_path}', timeout=4)"
+        )
+        return (
+            self._run(self.docker, "exec", replica.id, "python", "-c", probe, check=False, timeout=30).returncode == 0
+        )
+
+    def stop(self, replica: Replica) -> None:
+        # docker stop waits the container's stop_grace_period (compose) before SIGKILL
+        self._run(self.docker, "stop", replica.id, timeout=900)
+        self._run(self.docker, "rm", replica.id)
+
+    def logs(self, replica: Replica, lines: int = 30) -> str:
+        result = self._run(self.docker, "logs", "--tail", str(lines), replica.id, check=False)
+        return (result.stdout + result.stderr).strip()
+
+
+def parse_ps(out: str) -> list[dict[str, object]]:
+    """``docker compose ps --format json``: one object per line (Compose >= 2.21) or one array."""
+    out = out.strip()
+    if not out:
+        return []
+    if out.startswith("["):
+        rows: list[dict[str, object]] = json.loads(out)
+        return rows
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m aidetect.rollout",
+        description="Replace a Compose service's replicas one at a time (start new, wait healthy, drain old).",
+    )
+    parser.add_argument("service", nargs="?", default="serving")
+    parser.add_argument("-f", "--file", action="append", default=[], help="compose file(s) (default: compose's own)")
+    parser.add_argument("-p", "--project-name", default=None)
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds for a new replica to become ready")
+    parser.add_argument("--port", type=int, default=8000, help="the container port serving listens on")
+    parser.add_argument("--ready-path", default="/readyz")
+    args = parser.parse_args(argv)
+    compose_args = [arg for path in args.file for arg in ("--file", path)]
+    if args.project_name:
+        compose_args += ["--project-name", args.project_name]
+    runtime = ComposeRuntime(args.service, compose_args=compose_args, port=args.port, ready_path=args.ready_path)
+    try:
+        report = rollout(runtime, timeout=args.timeout, progress=lambda line: print(line, flush=True))
+    except (RolloutError, FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        print(f"rollout: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.as_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
