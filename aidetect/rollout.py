@@ -157,37 +157,37 @@ class ComposeRuntime:
             raise RolloutError(f"`{' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
         return result
 
+    def _containers(self, *, every: bool) -> list[Replica]:
+        """This service's containers, oldest first: running ones, or ``every`` state."""
+        out = self._run(*self.compose, "ps", *(["--all"] if every else []), "--format", "json", self.service).stdout
+        rows = [row for row in parse_ps(out) if row.get("Service", self.service) == self.service]
+        if not every:
+            rows = [row for row in rows if row.get("State") == "running"]
+        rows.sort(key=lambda row: (str(row.get("CreatedAt", "")), str(row.get("Name", ""))))
+        return [Replica(str(row["ID"]), str(row["Name"]), str(row.get("Image", ""))) for row in rows]
+
     def replicas(self) -> list[Replica]:
-        out = self._run(*self.compose, "ps", "--format", "json", self.service).stdout
-        rows = parse_ps(out)
-        running = [
-            row for row in rows if row.get("State") == "running" and row.get("Service", self.service) == self.service
-        ]
-        running.sort(key=lambda row: (row.get("CreatedAt", ""), row.get("Name", "")))
-        return [Replica(str(row["ID"]), str(row["Name"]), str(row.get("Image", ""))) for row in running]
+        return self._containers(every=False)
 
     def start_one(self) -> Replica:
-        before = {replica.id for replica in self.replicas()}
+        before = {replica.id for replica in self._containers(every=True)}
+        running = len(self.replicas())
         self._run(
             *self.compose, "up", "--detach", "--no-deps", "--no-recreate",
-            "--scale", f"{self.service}={len(before) + 1}", self.service,
+            "--scale", f"{self.service}={running + 1}", self.service,
         )  # fmt: skip
-        new = [replica for replica in self.replicas() if replica.id not in before]
+        # every state: a new container that crashed at once is restarting, not running
+        new = [replica for replica in self._containers(every=True) if replica.id not in before]
         if len(new) != 1:
             raise RolloutError(f"expected one new {self.service} container, found {len(new)}: {new}")
         return new[0]
 
     def health(self, replica: Replica) -> str:
-        fmt = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
+        fmt = "{{.State.Status}} {{.RestartCount}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
         result = self._run(self.docker, "inspect", "--format", fmt, replica.id, check=False)
         if result.returncode != 0:
             return "exited"  # gone
-        status, _, health = result.stdout.strip().partition(" ")
-        if status in ("exited", "dead", "removing"):
-            return "exited"
-        if status != "running":
-            return "starting"
-        return health or "healthy"  # no healthcheck: running is all Docker knows
+        return compose_health(result.stdout)
 
     def ready(self, replica: Replica) -> bool:
         probe = (
@@ -205,6 +205,21 @@ class ComposeRuntime:
     def logs(self, replica: Replica, lines: int = 30) -> str:
         result = self._run(self.docker, "logs", "--tail", str(lines), replica.id, check=False)
         return (result.stdout + result.stderr).strip()
+
+
+def compose_health(inspected: str) -> str:
+    """``docker inspect`` "status restarts health" -> starting / healthy / unhealthy / exited.
+
+    A container that exited once counts as exited even while its restart policy brings it
+    back (``restarting``, or running again with a restart count): a crash loop never
+    becomes healthy, and waiting for it would only run out the timeout.
+    """
+    status, restarts, health = (inspected.strip().split(" ", 2) + ["", ""])[:3]
+    if status in ("exited", "dead", "removing", "restarting") or (restarts.isdigit() and int(restarts) > 0):
+        return "exited"
+    if status != "running":
+        return "starting"  # created
+    return health or "healthy"  # no healthcheck: running is all Docker knows
 
 
 def parse_ps(out: str) -> list[dict[str, object]]:

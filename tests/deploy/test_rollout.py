@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 
-pytestmark = pytest.mark.skipif(
+needs_haproxy = pytest.mark.skipif(
     not os.environ.get("CI") and not any((Path(p) / "haproxy").exists() for p in os.environ["PATH"].split(":")),
     reason="haproxy is not installed (`make tools` installs it; CI fails instead of skipping)",
 )
@@ -330,6 +330,7 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"{what} within {timeout:.0f} s")
 
 
+@needs_haproxy
 def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -470,3 +471,52 @@ def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
             if key.endswith(".parquet"):
                 rows += pq.ParquetFile(io.BytesIO(store.get(key))).metadata.num_rows
         assert rows == load.predictions, f"{rows} prediction log rows for {load.predictions} predictions"
+
+
+# --- the Docker Compose side, on what Docker printed ----------------------------------------------
+
+# `docker compose ps --all --format json serving` (Compose 2.26.1, Engine 20.10) during a rollout
+# by bench/compose_rollout.py, labels trimmed: one JSON object per line
+PS_LINES = (Path(__file__).parent / "data" / "compose-ps.jsonl").read_text()
+
+
+def test_parse_ps_reads_both_compose_formats() -> None:
+    from aidetect.rollout import parse_ps
+
+    rows = parse_ps(PS_LINES)
+    assert [row["ID"] for row in rows] == ["2f82bd6dae49", "4ffecf47859c", "7800f5b34fcf"]
+    assert parse_ps("[" + ",".join(PS_LINES.splitlines()) + "]") == rows  # Compose before 2.21: one array
+    assert parse_ps("") == parse_ps("\n") == []
+
+
+def test_compose_health_reads_docker_inspect() -> None:
+    from aidetect.rollout import compose_health
+
+    # "{{.State.Status}} {{.RestartCount}} {{.State.Health.Status}}", as docker inspect printed them
+    assert compose_health("running 0 healthy\n") == "healthy"
+    assert compose_health("running 0 starting") == "starting"
+    assert compose_health("running 0 unhealthy") == "unhealthy"
+    assert compose_health("created 0 ") == "starting"
+    assert compose_health("running 0 ") == "healthy"  # no healthcheck: running is all there is
+    # a crash loop under `restart: unless-stopped` is exited, whatever the moment shows
+    assert compose_health("restarting 9 unhealthy") == "exited"
+    assert compose_health("running 1 starting") == "exited"
+    assert compose_health("exited 0 ") == compose_health("dead 0 ") == "exited"
+
+
+def test_compose_runtime_lists_running_replicas_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidetect.rollout import ComposeRuntime
+
+    calls: list[tuple[str, ...]] = []
+
+    def run(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, PS_LINES, "")
+
+    runtime = ComposeRuntime("serving", compose_args=["--project-name", "p"])
+    monkeypatch.setattr(runtime, "_run", run)
+    assert [r.name for r in runtime.replicas()] == [
+        "aidetect-rollout-bench-serving-3",
+        "aidetect-rollout-bench-serving-4",
+    ]
+    assert calls[-1] == ("docker", "compose", "--project-name", "p", "ps", "--format", "json", "serving")
