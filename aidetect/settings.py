@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # serving
     model_alias: str = "production"
     alias_poll_seconds: float = Field(2.0, gt=0)
+    drift_poll_seconds: float = Field(
+        60.0, gt=0, description="how often the latest drift report (reports/drift/latest.json) is read for /metrics"
+    )
     max_upload_bytes: int = Field(
         20 * 1024 * 1024,
         gt=0,

@@ -31,7 +31,7 @@ from model.drift import (
 )
 from model.registry import Registry
 from storage import NotFound
-from storage.layout import drift_report_prefix, model_prefix, new_version_id, utcnow
+from storage.layout import DRIFT_LATEST, drift_report_prefix, model_prefix, new_version_id, utcnow
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.json"
@@ -72,7 +72,9 @@ def compare(reference: bytes, window: pd.DataFrame, calibration: dict[str, Any])
 def save_report(store_url: str | None, prefix: str, html: str, summary: dict[str, Any]) -> None:
     store = store_for(store_url)
     store.put(prefix + REPORT_FILE, html.encode())
-    store.put(prefix + SUMMARY_FILE, json.dumps(summary, indent=2, allow_nan=False).encode())
+    body = json.dumps(summary, indent=2, allow_nan=False).encode()
+    store.put(prefix + SUMMARY_FILE, body)
+    store.put(DRIFT_LATEST, body)  # last: what serving exports as metrics (serving/drift_status.py)
 
 
 @flow(name="monitor-drift", log_prints=True)

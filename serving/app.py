@@ -20,6 +20,7 @@ from feedback.outbox import Outbox
 from feedback.policy import Policy
 from model.inference import share_thread_pool
 from serving.batching import MicroBatcher
+from serving.drift_status import DriftStatus
 from serving.history import History
 from serving.metrics import Metrics, RequestMetricsMiddleware
 from serving.predlog import PredictionLog
@@ -65,6 +66,21 @@ async def _follow_alias(holders: list[ModelHolder], interval: float, loader: Thr
                 log.warning("alias %s: check failed (store unreachable?): %s", holder.alias, exc)
             except Exception:  # keep following whatever one check hit
                 log.exception("alias %s: check failed", holder.alias)
+        await asyncio.sleep(interval)
+
+
+async def _follow_drift(drift: DriftStatus, store: ObjectStore, interval: float, loader: ThreadPoolExecutor) -> None:
+    """The latest drift report, for /metrics (serving/drift_status.py)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await loop.run_in_executor(loader, drift.refresh, store)
+        except StoreError as exc:
+            drift.errors += 1
+            log.warning("latest drift report: store unreachable: %s", exc)
+        except Exception:  # keep following
+            drift.errors += 1
+            log.exception("latest drift report: read failed")
         await asyncio.sleep(interval)
 
 
@@ -152,9 +168,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_per_client=settings.feedback_max_per_client,
             ),
         )
-        metrics.watch({"production": holder, **({"shadow": shadow} if shadow else {})}, predlog)
+        drift = DriftStatus()
+        metrics.watch({"production": holder, **({"shadow": shadow} if shadow else {})}, predlog, drift)
         app.state.serving = state
         tasks = [asyncio.create_task(_follow_alias(holders, settings.alias_poll_seconds, loader), name="follow-alias")]
+        tasks.append(
+            asyncio.create_task(_follow_drift(drift, store, settings.drift_poll_seconds, loader), name="follow-drift")
+        )
         if predlog is not None:
             tasks.append(asyncio.create_task(predlog.run(), name="prediction-log"))
         tasks.append(asyncio.create_task(_flush_outbox(outbox, store, settings.outbox_flush_seconds), name="outbox"))

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from serving.drift_status import DriftStatus
     from serving.predlog import PredictionLog
     from serving.runtime import ModelHolder
 
@@ -21,9 +22,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class _StateCollector(Collector):
     """Reads the holders and the prediction log at scrape time."""
 
-    def __init__(self, holders: dict[str, ModelHolder], predlog: PredictionLog | None):
+    def __init__(self, holders: dict[str, ModelHolder], predlog: PredictionLog | None, drift: DriftStatus | None):
         self.holders = holders
         self.predlog = predlog
+        self.drift = drift
 
     def collect(self) -> Iterable[Metric]:
         info = GaugeMetricFamily(
@@ -66,6 +68,33 @@ class _StateCollector(Collector):
             pending = GaugeMetricFamily("aidetect_prediction_log_pending_records", "Records in memory, not yet written")
             pending.add_metric([], self.predlog.pending)
             yield pending
+        if self.drift is not None:
+            yield from self._drift(self.drift)
+
+    @staticmethod
+    def _drift(drift: DriftStatus) -> Iterable[Metric]:
+        errors = CounterMetricFamily("aidetect_drift_read_errors", "Unreadable latest drift reports")
+        errors.add_metric([], drift.errors)
+        yield errors
+        reading = drift.reading
+        if reading is None:  # no report yet
+            return
+        detected = GaugeMetricFamily(
+            "aidetect_drift_detected", "The latest drift report found drift (1) or not (0)", labels=["model_version"]
+        )
+        detected.add_metric([reading.model_version], float(reading.detected))
+        severity = GaugeMetricFamily(
+            "aidetect_drift_severity", "Drift score over its threshold (above 1: drift), per part", labels=["part"]
+        )
+        for part, value in sorted(reading.severity.items()):
+            severity.add_metric([part], value)
+        window = GaugeMetricFamily(
+            "aidetect_drift_window_end_timestamp_seconds", "End of the window the latest drift report compared"
+        )
+        window.add_metric([], reading.window_end)
+        rows = GaugeMetricFamily("aidetect_drift_window_rows", "Predictions in the latest drift report's window")
+        rows.add_metric([], reading.rows)
+        yield from (detected, severity, window, rows)
 
 
 class Metrics:
@@ -91,8 +120,10 @@ class Metrics:
         )
         self.shadow = Counter("aidetect_shadow_scores", "Shadow scoring outcomes", ["outcome"], registry=self.registry)
 
-    def watch(self, holders: dict[str, ModelHolder], predlog: PredictionLog | None) -> None:
-        self.registry.register(_StateCollector(holders, predlog))
+    def watch(
+        self, holders: dict[str, ModelHolder], predlog: PredictionLog | None, drift: DriftStatus | None = None
+    ) -> None:
+        self.registry.register(_StateCollector(holders, predlog, drift))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

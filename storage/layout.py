@@ -16,6 +16,7 @@ MODELS = "models/"
 ALIASES = "registry/aliases/"
 EVENTS = "registry/events/"
 DRIFT_REPORTS = "reports/drift/"
+DRIFT_LATEST = DRIFT_REPORTS + "latest.json"  # a copy of the newest summary.json (serving exports it)
 LOCKS = "locks/"  # leases that keep one run of a flow at a time (locks/<name>.json)
 TRAINING = "training/"  # training/<run>/: a train-model run's output for the retrain that asked for it
 

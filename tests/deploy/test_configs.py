@@ -333,7 +333,11 @@ def exported_metrics() -> set[str]:
     live = SimpleNamespace(version="v1", variant="fp32", loaded_at=1.0)
     holder = SimpleNamespace(current=live, alias="production", swaps=1, refused_by_reason={"canary": 1}, store_errors=0)
     predlog = SimpleNamespace(written_records=1, spooled_records=0, dropped_records=0, pending=0)
-    metrics.watch({"production": holder}, predlog)  # type: ignore[dict-item]
+    from serving.drift_status import DriftStatus, read_summary
+
+    drift = DriftStatus()
+    drift.reading = read_summary(json.loads((ROOT / "tests/serving/data/drift-summary.json").read_text()))
+    metrics.watch({"production": holder}, predlog, drift)  # type: ignore[dict-item]
     metrics.requests.labels("POST", "/v1/predict", "200").observe(0.01)
     metrics.predictions.labels("ai").inc()
     metrics.rejected_uploads.labels("empty").inc()
@@ -404,6 +408,8 @@ def test_alerts_cover_the_operations() -> None:
         assert name in alerts
     assert "histogram_quantile(0.99" in alerts["ServingPredictLatencyP99High"]
     assert any("aidetect_prediction_log_spooled_records" in expr for expr in alerts.values())
+    assert "aidetect_drift_detected" in alerts["InputDriftDetected"]
+    assert "aidetect_drift_window_end_timestamp_seconds" in alerts["DriftReportStale"]
 
 
 def test_dashboard_panels() -> None:
@@ -418,6 +424,8 @@ def test_dashboard_panels() -> None:
         "aidetect_model_swaps_total",
         "aidetect_model_refused_total",
         "aidetect_feedback_total",
+        "aidetect_drift_severity",
+        "aidetect_drift_detected",
     ):
         assert needed in exprs, needed
     ids = [panel["id"] for panel in dashboard["panels"]]

@@ -219,6 +219,13 @@ def _id(case: tuple[list[dict[str, Any]], str, str]) -> str:
     return f"{role[id(case[0])]}-{case[1]}-{case[2]}"
 
 
+def test_serving_reads_the_latest_drift_report_and_no_other() -> None:
+    assert can(SERVING, "get", layout.DRIFT_LATEST)  # exported on /metrics (serving/drift_status.py)
+    assert not can(SERVING, "get", key("DRIFT_REPORTS"))  # the reports themselves: the flows'
+    assert not can(SERVING, "put", layout.DRIFT_LATEST)
+    assert can(WORKER, "put", layout.DRIFT_LATEST)
+
+
 @pytest.mark.parametrize("case", MAY, ids=_id)
 def test_role_may(case: tuple[list[dict[str, Any]], str, str]) -> None:
     policies, op, prefix = case

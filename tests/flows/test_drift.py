@@ -13,8 +13,9 @@ import pytest
 
 from model.drift import reference_rows
 from model.registry import ONNX_FILE, Registry
+from serving.drift_status import read_summary
 from storage import LocalStore
-from storage.layout import DRIFT_REPORTS, utcnow
+from storage.layout import DRIFT_LATEST, DRIFT_REPORTS, utcnow
 from tests.conftest import Trained
 
 REFERENCE_IMAGES = 300
@@ -112,9 +113,15 @@ def test_drift_is_reported_and_announced(
     assert summary["model_version"] == version
     assert summary["rows"]["current"] == 100 and summary["rows"]["reference"] == REFERENCE_IMAGES
     keys = list(store.list(DRIFT_REPORTS))
-    assert [key.rsplit("/", 1)[1] for key in keys] == ["report.html", "summary.json"]
-    assert summary["report"] == keys[0]
-    assert json.loads(store.get(keys[1])) == summary
+    assert [key.rsplit("/", 1)[1] for key in keys] == ["report.html", "summary.json", "latest.json"]
+    assert summary["report"] == keys[0] and keys[2] == DRIFT_LATEST
+    assert json.loads(store.get(keys[1])) == json.loads(store.get(DRIFT_LATEST)) == summary
+
+    # what serving exports from it: severity above 1 exactly for the parts that drifted
+    reading = read_summary(json.loads(store.get(DRIFT_LATEST)))
+    assert reading.detected and reading.model_version == version and reading.rows == 100
+    assert {part for part, value in reading.severity.items() if value > 1} == set(summary["drifted_parts"])
+    assert set(reading.severity) == {"image_stats", "embedding", "prediction"}
     html = store.get(keys[0]).decode()
     assert html.lstrip().startswith("<!DOCTYPE html>") and "Dataset Drift is detected" in html
 
