@@ -6,12 +6,13 @@ For each running replica, oldest first:
 
 1. start one more replica from the current compose file and ``.env`` (the new image tag),
    next to the old ones: ``docker compose up -d --no-deps --no-recreate --scale serving=N+1``;
-2. wait until Docker reports it healthy and, if the old replica was ready (``/readyz``: a
-   model loaded and its canaries passed), until it is ready too; the load balancer
-   (``proxy``, deploy/haproxy.cfg) finds it through Docker's DNS and health-checks it;
+2. wait until Docker reports it healthy and, if the old replicas were ready (``/readyz``: a
+   model loaded and its canaries passed), until it is ready too; then ``--settle`` seconds
+   more, so that the load balancer (``proxy``, deploy/haproxy.cfg), which finds it through
+   Docker's DNS and health-checks it every second, already sends it requests;
 3. stop one old replica with ``docker stop``: its SIGTERM starts serving's drain
-   (``AIDETECT_DRAIN_SECONDS``: ``/healthz`` answers 503, the proxy takes it out, requests in
-   flight finish), then the listener closes and the container is removed.
+   (``AIDETECT_DRAIN_SECONDS``, 8 s in compose: ``/healthz`` answers 503, the proxy takes it
+   out, requests in flight finish), then the listener closes and the container is removed.
 
 A new replica that does not become healthy in time is stopped and the rollout fails,
 naming it and quoting its last log lines; the old replicas not yet replaced keep serving.
@@ -84,33 +85,65 @@ def rollout(
     *,
     timeout: float = 180.0,
     poll: float = 1.0,
+    settle: float = 3.0,
     progress: Callable[[str], None] = print,
 ) -> Report:
-    """Replace every running replica, one at a time (see the module's docstring)."""
+    """Replace every running replica, one at a time (see the module's docstring).
+
+    ``settle``: seconds between the new replica being healthy and the old one being stopped,
+    so that the load balancer's own health check has seen the new one first (HAProxy: DNS
+    asked every 1 s, a down server checked every 1 s).
+    """
     started = time.monotonic()
     old = runtime.replicas()
     if not old:
         raise RolloutError("no running replica to replace: start the service first (docker compose up -d)")
+    # the new replicas must reach what the old ones reach: ready (a model loaded), or only healthy
+    # when no old replica has a model (a fresh system)
+    need_ready = any(_probe_ready(runtime, replica) for replica in old)
     report = Report()
     for number, replica in enumerate(old, 1):
-        need_ready = runtime.ready(replica)
         new = runtime.start_one()
-        progress(f"[{number}/{len(old)}] started {new.name} ({new.image}); waiting for it to be healthy")
-        problem = _wait(runtime, new, need_ready, timeout, poll)
+        try:
+            progress(f"[{number}/{len(old)}] started {new.name} ({new.image}); waiting for it to be healthy")
+            problem = _wait(runtime, new, need_ready, timeout, poll)
+        except BaseException:  # interrupted (Ctrl-C, a cancelled CI job): do not leave it behind
+            _stop_quietly(runtime, new)
+            raise
         if problem:
             last = runtime.logs(new)
-            runtime.stop(new)
+            stopped = _stop_quietly(runtime, new)
             raise RolloutError(
-                f"{new.name} {problem}; it was stopped. {len(report.replaced)} of {len(old)} replicas were "
-                f"replaced, the other {len(old) - len(report.replaced)} still run their old image. "
-                f"Its last log lines:\n{last}"
+                f"{new.name} {problem}; {'it was stopped' if stopped else 'stopping it failed too'}. "
+                f"{len(report.replaced)} of {len(old)} replicas were replaced, the other "
+                f"{len(old) - len(report.replaced)} still run their old image. Its last log lines:\n{last}"
             )
         progress(f"[{number}/{len(old)}] {new.name} is {'ready' if need_ready else 'healthy'}; stopping {replica.name}")
+        time.sleep(settle)
         runtime.stop(replica)
         report.replaced.append((replica, new))
     report.seconds = time.monotonic() - started
     progress(f"rolled out {len(old)} replicas in {report.seconds:.0f} s")
     return report
+
+
+def _probe_ready(runtime: Runtime, replica: Replica, tries: int = 3) -> bool:
+    """Readiness, asked up to ``tries`` times (one slow answer is not "no model")."""
+    for attempt in range(tries):
+        if runtime.ready(replica):
+            return True
+        if attempt + 1 < tries:
+            time.sleep(0.5)
+    return False
+
+
+def _stop_quietly(runtime: Runtime, replica: Replica) -> bool:
+    try:
+        runtime.stop(replica)
+    except Exception as exc:  # the error being reported matters more
+        print(f"rollout: could not stop {replica.name}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _wait(runtime: Runtime, replica: Replica, need_ready: bool, timeout: float, poll: float) -> str | None:
@@ -152,7 +185,10 @@ class ComposeRuntime:
         self.ready_path = ready_path
 
     def _run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
+        # stdin closed: run over `ssh host bash -s < deploy.sh`, a child reading stdin would eat the script
+        result = subprocess.run(  # noqa: S603
+            args, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False
+        )
         if check and result.returncode != 0:
             raise RolloutError(f"`{' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
         return result
@@ -170,8 +206,14 @@ class ComposeRuntime:
         return self._containers(every=False)
 
     def start_one(self) -> Replica:
+        # containers that are not running (exited, crash-looping) serve nothing, and compose would
+        # count them in --scale (and restart one, on its old configuration, instead of creating)
+        running_ids = {replica.id for replica in self.replicas()}
+        for stale in self._containers(every=True):
+            if stale.id not in running_ids:
+                self._run(self.docker, "rm", "--force", stale.id)
         before = {replica.id for replica in self._containers(every=True)}
-        running = len(self.replicas())
+        running = len(before)
         self._run(
             *self.compose, "up", "--detach", "--no-deps", "--no-recreate",
             "--scale", f"{self.service}={running + 1}", self.service,
@@ -184,7 +226,10 @@ class ComposeRuntime:
 
     def health(self, replica: Replica) -> str:
         fmt = "{{.State.Status}} {{.RestartCount}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
-        result = self._run(self.docker, "inspect", "--format", fmt, replica.id, check=False)
+        try:
+            result = self._run(self.docker, "inspect", "--format", fmt, replica.id, check=False, timeout=30)
+        except subprocess.TimeoutExpired:
+            return "starting"  # the engine is busy: ask again
         if result.returncode != 0:
             return "exited"  # gone
         return compose_health(result.stdout)
@@ -193,9 +238,11 @@ class ComposeRuntime:
         probe = (
             f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{self.port}{self.ready_path}', timeout=4)"
         )
-        return (
-            self._run(self.docker, "exec", replica.id, "python", "-c", probe, check=False, timeout=30).returncode == 0
-        )
+        try:
+            result = self._run(self.docker, "exec", replica.id, "python", "-c", probe, check=False, timeout=30)
+        except subprocess.TimeoutExpired:
+            return False
+        return result.returncode == 0
 
     def stop(self, replica: Replica) -> None:
         # docker stop waits the container's stop_grace_period (compose) before SIGKILL
@@ -244,13 +291,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds for a new replica to become ready")
     parser.add_argument("--port", type=int, default=8000, help="the container port serving listens on")
     parser.add_argument("--ready-path", default="/readyz")
+    parser.add_argument(
+        "--settle", type=float, default=3.0, help="seconds between a new replica being ready and an old one stopping"
+    )
     args = parser.parse_args(argv)
     compose_args = [arg for path in args.file for arg in ("--file", path)]
     if args.project_name:
         compose_args += ["--project-name", args.project_name]
     runtime = ComposeRuntime(args.service, compose_args=compose_args, port=args.port, ready_path=args.ready_path)
     try:
-        report = rollout(runtime, timeout=args.timeout, progress=lambda line: print(line, flush=True))
+        report = rollout(
+            runtime, timeout=args.timeout, settle=args.settle, progress=lambda line: print(line, flush=True)
+        )
     except (RolloutError, FileNotFoundError, subprocess.TimeoutExpired) as exc:
         print(f"rollout: error: {exc}", file=sys.stderr)
         return 1

@@ -105,8 +105,8 @@ class Settings(BaseSettings):
         description="on SIGTERM, keep serving this long with /healthz and /readyz answering 503, so a load "
         "balancer stops sending before the listener closes (rolling deploys); 0 = stop at once",
     )
-    shutdown_timeout_seconds: float = Field(
-        20.0, gt=0, le=600, description="after draining, most seconds to let requests in flight finish"
+    shutdown_timeout_seconds: int = Field(
+        20, ge=1, le=600, description="after draining, most seconds to let requests in flight finish"
     )
 
     @field_validator("store_url")

@@ -213,10 +213,16 @@ def test_serving_sits_behind_the_proxy_and_drains_before_it_stops(compose: dict[
     env = serving["environment"]
     drain, timeout = float(env["AIDETECT_DRAIN_SECONDS"]), float(env["AIDETECT_SHUTDOWN_TIMEOUT_SECONDS"])
     assert drain + timeout < _seconds(serving["stop_grace_period"])
-    check = re.search(r"inter (\d+)s .*fall (\d+)", (ROOT / "deploy" / "haproxy.cfg").read_text())
-    assert check, "deploy/haproxy.cfg: default-server inter/fall"
-    assert drain >= 2 * int(check[1]) * int(check[2]), "the drain must outlast the proxy's health check"
-    assert env["FORWARDED_ALLOW_IPS"] == "*"  # client addresses from X-Forwarded-For (rate limits)
+    cfg = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    check = re.search(r"inter (\d+)s fastinter (\d+)ms .*fall (\d+)", cfg)
+    check_timeout = re.search(r"timeout check (\d+)s", cfg)
+    assert check and check_timeout, "deploy/haproxy.cfg: default-server inter/fastinter/fall, timeout check"
+    inter, fastinter, fall = int(check[1]), int(check[2]) / 1000, int(check[3])
+    out_within = inter + (fall - 1) * fastinter + fall * int(check_timeout[1])
+    assert drain >= out_within + 1, f"the drain ({drain} s) must outlast the proxy's detection ({out_within} s)"
+    # client addresses come from X-Forwarded-For (rate limits): the proxy must set it, not append
+    assert env["FORWARDED_ALLOW_IPS"] == "*" and "http-request set-header X-Forwarded-For %[src]" in cfg
+    assert "option forwardfor" not in cfg
     assert _seconds(serving["healthcheck"]["interval"]) <= 5  # what a rolling deploy waits on
     # start_interval makes Compose refuse Docker Engines before v25 (Debian bookworm's docker.io is 20.10)
     assert not [n for n, s in services.items() if "start_interval" in s.get("healthcheck", {})]
@@ -508,3 +514,66 @@ def test_deploy_script_refuses_bad_input(tmp_path: Path) -> None:
             check=False,  # noqa: S607
         )
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+
+
+FAKE_TOOL = """#!/usr/bin/env bash
+printf '%s\\n' "$(basename "$0") $*" >> "$CALLS"
+cat > /dev/null  # read stdin as docker compose run without -T would: the script must not be on it
+case "$(basename "$0") $*" in
+  "git rev-parse"*) echo 0123abc0123abc0123abc0123abc0123abc01234 ;;
+  "python3 -m aidetect.rollout"*) exit "${FAIL_ROLLOUT:-0}" ;;
+esac
+exit 0
+"""
+
+
+def test_deploy_script_runs_every_step_when_piped_over_ssh(tmp_path: Path) -> None:
+    """As CI runs it (`bash -s -- <sha> < deploy/deploy.sh`), with git, docker and python3 played
+    by scripts that log their arguments and read their stdin: every step runs, in order, and the
+    deployed tag is kept in .env only once serving is rolled out."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("git", "docker", "python3"):
+        (fake / tool).write_text(FAKE_TOOL)
+        (fake / tool).chmod(0o755)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    calls = tmp_path / "calls"
+    sha = "0123abc0123abc0123abc0123abc0123abc01234"
+
+    def deploy(**env: str) -> subprocess.CompletedProcess[str]:
+        calls.write_text("")
+        (checkout / ".env").write_text("AIDETECT_IMAGE_TAG=dev\nSERVING_PORT=8000\n")
+        return subprocess.run(  # noqa: S603
+            ["bash", "-s", "--", "0123abc"],  # noqa: S607
+            stdin=(ROOT / "deploy" / "deploy.sh").open(),
+            env={"PATH": f"{fake}:{os.environ['PATH']}", "AIDETECT_DIR": str(checkout), "CALLS": str(calls), **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    result = deploy()
+    assert result.returncode == 0, result.stderr
+    steps = calls.read_text().splitlines()
+    expected = [
+        "git fetch --quiet origin",
+        "git rev-parse --verify --quiet 0123abc^{commit}",
+        f"git -c advice.detachedHead=false checkout --quiet --detach {sha}",
+        "docker compose pull --quiet prefect-deploy serving worker-cpu",
+        "docker compose run --rm -T --no-deps prefect-deploy",
+        "docker compose up --detach --no-deps worker-cpu",
+        "docker compose --profile gpu ps --quiet worker-gpu",
+        "python3 -m aidetect.rollout serving",
+        "docker compose up --detach --no-deps proxy prometheus grafana",
+        f"python3 - {sha} 8000",
+    ]
+    assert steps == expected, steps
+    assert f"AIDETECT_IMAGE_TAG={sha}\n" in (checkout / ".env").read_text()
+
+    # a failed rollout stops the deploy there, and .env keeps the release still running
+    result = deploy(FAIL_ROLLOUT="1")
+    assert result.returncode != 0
+    assert calls.read_text().splitlines()[-1] == "python3 -m aidetect.rollout serving"
+    assert "AIDETECT_IMAGE_TAG=dev\n" in (checkout / ".env").read_text()

@@ -429,6 +429,17 @@ def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
             load.wait_for(load.predictions + 30)
         assert proxy.poll() is None, tail(logs, "proxy")
 
+        # a client cannot pass itself off as another address (rate limits, independent clients)
+        probe = httpx.get(f"{base}/v1/model?xff-probe", headers={"X-Forwarded-For": "6.6.6.6"}, timeout=10)
+        assert probe.status_code == 200
+        seen = [
+            line
+            for replica in containers.replicas()
+            for line in containers.logs(replica, 10**6).splitlines()
+            if "xff-probe" in line
+        ]
+        assert len(seen) == 1 and seen[0].startswith("INFO:     127.0.0.1:0 - ") and "6.6.6.6" not in seen[0], seen
+
         # not one request failed, through three rollouts; every client kept getting answers
         assert not load.failures, (load.statuses, load.failures[:10], tail(logs, "proxy"))
         assert load.statuses["predict 200"] >= 120 and load.statuses["feedback 202"] + load.statuses["feedback 201"] > 3
@@ -520,3 +531,34 @@ def test_compose_runtime_lists_running_replicas_oldest_first(monkeypatch: pytest
         "aidetect-rollout-bench-serving-4",
     ]
     assert calls[-1] == ("docker", "compose", "--project-name", "p", "ps", "--format", "json", "serving")
+
+
+def test_compose_runtime_clears_stale_containers_and_scales_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the docker CLI is played here (its output as recorded in data/compose-ps.jsonl)."""
+    import json
+
+    from aidetect.rollout import ComposeRuntime
+
+    rows = [json.loads(line) for line in PS_LINES.splitlines()]  # 2 running, 1 restarting
+    calls: list[tuple[str, ...]] = []
+
+    def run(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        if args[-4:-1] == ("ps", "--format", "json") or "--all" in args:
+            shown = rows if "--all" in args else [r for r in rows if r["State"] == "running"]
+            return subprocess.CompletedProcess(args, 0, "\n".join(json.dumps(r) for r in shown), "")
+        if args[:3] == ("docker", "rm", "--force"):
+            rows[:] = [r for r in rows if r["ID"] != args[3]]
+        if "up" in args:
+            rows.append(
+                {**rows[0], "ID": "newnewnew", "Name": "p-serving-6", "CreatedAt": "2026-11-25 21:40:00 +0000 UTC"}
+            )
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    runtime = ComposeRuntime("serving", compose_args=["--project-name", "p"])
+    monkeypatch.setattr(runtime, "_run", run)
+    new = runtime.start_one()
+    assert new.id == "newnewnew"
+    assert ("docker", "rm", "--force", "4ffecf47859c") in calls  # the crash-looping one, before scaling
+    up = next(c for c in calls if "up" in c)
+    assert up[up.index("--scale") + 1] == "serving=3" and "--no-recreate" in up and "--no-deps" in up
