@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from aidetect.rollout import Replica, RolloutError, rollout
@@ -338,7 +337,8 @@ def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
 
     from aidetect.settings import Settings
     from model.registry import Registry
-    from tests.serving.onnx_models import mean_brightness_model, mean_canaries
+    from tests.serving.onnx_models import mean_brightness_model
+    from tests.serving.test_hardening import register_onnx
 
     dotenv = make_dotenv()
     dotenv["AIDETECT_BUCKET"] = f"aidetect-{uuid.uuid4().hex[:8]}"  # moto keeps buckets per process
@@ -374,14 +374,7 @@ def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
         ).create_bucket(Bucket=dotenv["AIDETECT_BUCKET"])
         store = Settings().open_store()
         registry = Registry(store)
-        canaries = io.BytesIO()
-        samples = mean_canaries(32)
-        np.savez_compressed(canaries, inputs=samples["inputs"], expected=samples["expected"])
-        files: dict[str, Path | bytes] = {
-            "model.onnx": mean_brightness_model(tmp_path / "mean.onnx"),
-            "canaries.npz": canaries.getvalue(),
-        }
-        version = registry.register(files, {"threshold": 0.5, "input_size": 32})
+        version = register_onnx(registry, mean_brightness_model(tmp_path / "mean.onnx"))
         registry.promote(version, reason="test")
 
         command = image_cmd(dockerfile(services["serving"]) or Path())

@@ -20,7 +20,6 @@ gather-feedback deployment run whose dataset version lands in the bucket.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -36,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import yaml
 
@@ -302,7 +300,8 @@ def test_the_compose_services_work_together_from_the_compose_environment(
     from model.data import list_datasets
     from model.registry import Registry
     from storage.layout import put_image
-    from tests.serving.onnx_models import mean_brightness_model, mean_canaries
+    from tests.serving.onnx_models import mean_brightness_model
+    from tests.serving.test_hardening import register_onnx
 
     dotenv = make_dotenv()
     # moto keeps buckets per process: a bucket of its own, in case this session made an `aidetect` one
@@ -369,14 +368,7 @@ def test_the_compose_services_work_together_from_the_compose_environment(
         store = Settings().open_store()
         assert store.url == f"s3://{init['AIDETECT_BUCKET']}/{dotenv['AIDETECT_STORE_PREFIX']}"
         registry = Registry(store)
-        canaries = io.BytesIO()
-        samples = mean_canaries(32)
-        np.savez_compressed(canaries, inputs=samples["inputs"], expected=samples["expected"])
-        files: dict[str, Path | bytes] = {
-            "model.onnx": mean_brightness_model(tmp_path / "mean.onnx"),
-            "canaries.npz": canaries.getvalue(),
-        }
-        version = registry.register(files, {"threshold": 0.5, "input_size": 32})
+        version = register_onnx(registry, mean_brightness_model(tmp_path / "mean.onnx"))
         registry.promote(version, reason="test")
 
         # serving -> the serving image's CMD
