@@ -12,11 +12,15 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from storage import ObjectStore
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -115,3 +119,19 @@ def serving_process(
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def agreed_report(store: ObjectStore, seed: int = 7) -> str:
+    """One image reported as ai (predicted real) by two independent clients, so that
+    gather-feedback accepts it; returns its sha256."""
+    from feedback.records import FeedbackRecord
+    from feedback.store import save_feedback
+    from storage.layout import put_image
+
+    sha, key = put_image(store, image_bytes(seed=seed), "jpg")
+    for client_id in ("a", "b"):
+        record = FeedbackRecord(
+            image_sha256=sha, image_key=key, claimed_label="ai", predicted_label="real", client=client_id
+        )
+        save_feedback(store, record)
+    return sha

@@ -39,7 +39,7 @@ import pytest
 import yaml
 
 from tests.deploy.test_configs import interpolate
-from tests.helpers import free_port, image_bytes
+from tests.helpers import agreed_report, free_port, image_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -295,11 +295,8 @@ def test_the_compose_services_work_together_from_the_compose_environment(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from aidetect.settings import Settings
-    from feedback.records import FeedbackRecord
-    from feedback.store import save_feedback
     from model.data import list_datasets
     from model.registry import Registry
-    from storage.layout import put_image
     from tests.serving.onnx_models import mean_brightness_model
     from tests.serving.test_hardening import register_onnx
 
@@ -414,14 +411,7 @@ def test_the_compose_services_work_together_from_the_compose_environment(
 
         # worker-cpu: healthy, and runs a gather-feedback deployment run into the bucket
         wait_ok(healthcheck_url(services["worker-cpu"], ports), worker, logs, "worker-cpu", 60)
-        sha, key = put_image(store, image_bytes(seed=7), "jpg")
-        for client_id in ("a", "b"):  # two independent clients agree: accepted
-            save_feedback(
-                store,
-                FeedbackRecord(
-                    image_sha256=sha, image_key=key, claimed_label="ai", predicted_label="real", client=client_id
-                ),
-            )
+        agreed_report(store)  # two independent clients agree: accepted
         api = {PREFECT_API_URL: envs["worker-cpu"]["PREFECT_API_URL"]}
         with temporary_settings(api), get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("gather-feedback/aidetect")

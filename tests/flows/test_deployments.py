@@ -12,12 +12,9 @@ from typing import Any
 
 import pytest
 
-from feedback.records import FeedbackRecord
-from feedback.store import save_feedback
 from model.data import list_datasets
 from storage import LocalStore
-from storage.layout import put_image
-from tests.helpers import image_bytes
+from tests.helpers import agreed_report
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -90,14 +87,7 @@ def test_a_worker_picks_up_and_completes_a_deployment_run(deployed: dict[str, An
     from prefect import get_client
 
     store = deployed["store"]
-    sha, key = put_image(store, image_bytes(seed=7), "jpg")
-    for client_id in ("a", "b"):  # two independent clients agree: accepted
-        save_feedback(
-            store,
-            FeedbackRecord(
-                image_sha256=sha, image_key=key, claimed_label="ai", predicted_label="real", client=client_id
-            ),
-        )
+    agreed_report(store)  # two independent clients agree: accepted
     deployment = _deployments()["gather-feedback/aidetect"]
     with get_client(sync_client=True) as client:
         run = client.create_flow_run_from_deployment(deployment.id, parameters={"retrain_after": 1000})
