@@ -150,6 +150,51 @@ def _cmd_model_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    """Score image files locally with onnxruntime: the registry's model, checked as serving checks it."""
+    from model.inference import share_thread_pool
+    from model.preprocess import InvalidImage, decode_image, to_model_input
+    from serving.runtime import ModelHolder, ModelRefused
+    from serving.state import calibrated
+
+    files = [Path(f) for f in args.files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UsageError(f"no such file: {missing[0]}{more}")
+    settings = get_settings()
+    share_thread_pool()
+    holder = ModelHolder(settings.open_store(), settings.cache_dir / "models", alias=args.alias)
+    try:
+        if args.version:
+            live = holder.load_version(args.version)
+        elif not holder.refresh():
+            raise UsageError(f"alias {args.alias!r} names no model yet: train one (aidetect flow retrain)")
+        else:
+            live = holder.current  # type: ignore[assignment]
+    except ModelRefused as exc:
+        raise UsageError(f"the model was refused ({exc.reason}): {exc}") from None
+    rows: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            pixels = to_model_input(decode_image(path.read_bytes()), live.image_size)
+        except InvalidImage as exc:
+            rows.append({"file": str(path), "error": str(exc)})
+            continue
+        raw = float(live.model.predict(pixels[None])[0][0])
+        label, p_ai = calibrated(live, raw)
+        rows.append({"file": str(path), "label": label, "p_ai": round(p_ai, 4), "model_version": live.version})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["file"]) for r in rows)
+        for r in rows:
+            result = f"error: {r['error']}" if "error" in r else f"{r['label']:<9} P(ai) {r['p_ai']:.4f}"
+            print(f"{r['file']:<{width}}  {result}")
+        print(f"model {live.version}", file=sys.stderr)
+    return 1 if any("error" in r for r in rows) else 0
+
+
 def _cmd_flow_retrain(args: argparse.Namespace) -> int:
     from flows.retrain import retrain
 
@@ -301,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--reviewer", default=None, help="your name (default: $USER)")
         cmd.add_argument("--note", default=None)
         cmd.set_defaults(func=_cmd_feedback_decide, decision=decision)
+
+    prd = commands.add_parser("predict", help="score image files locally (onnxruntime, the registry's model)")
+    prd.add_argument("files", nargs="+", help="image files")
+    prd.add_argument("--alias", default="production", help="the alias whose model scores them")
+    prd.add_argument("--version", default=None, help="a registered version instead of the alias")
+    prd.add_argument("--json", action="store_true", help="one JSON list instead of a table")
+    prd.set_defaults(func=_cmd_predict)
 
     srv = commands.add_parser("serve", help="run the HTTP service")
     srv.add_argument("--host", default="127.0.0.1")

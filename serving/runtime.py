@@ -176,6 +176,11 @@ class ModelHolder:
             )
             return True
 
+    def load_version(self, version: str) -> LiveModel:
+        """One version by name, checked as a swap checks it (sha256, shape, warm-up, canaries); not made live."""
+        metadata = self.registry.metadata(version)
+        return self._load(AliasRecord(version, str(metadata.get("sha256")), "", "", None))
+
     def _load(self, record: AliasRecord) -> LiveModel:
         metadata = self.registry.metadata(record.version)
         if metadata.get("sha256") != record.sha256:

@@ -80,3 +80,50 @@ def test_feedback_review_lists_accepts_and_refuses_unknown_ids(tmp_path: Path) -
     assert _run(["feedback", "review", "list"], home).stdout == ""
     unknown = _run(["feedback", "review", "accept", "nope"], home)
     assert unknown.returncode == 2 and "no feedback report 'nope'" in unknown.stderr
+
+
+def test_predict_scores_files_with_the_registry_model(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from model.registry import Registry
+    from storage import LocalStore
+    from tests.serving.onnx_models import mean_brightness_model
+    from tests.serving.test_hardening import register_onnx
+
+    store = LocalStore(tmp_path / "store")
+    env = {**os.environ, "AIDETECT_HOME": str(tmp_path / "home"), "AIDETECT_STORE_URL": str(store.root)}
+
+    def predict(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "aidetect.cli", "predict", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+    for name, value in (("bright.png", 250), ("dark.png", 5)):
+        Image.fromarray(np.full((48, 64, 3), value, np.uint8)).save(tmp_path / name)
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    files = [str(tmp_path / n) for n in ("bright.png", "dark.png")]
+
+    no_model = predict(*files)
+    assert no_model.returncode == 2 and "names no model yet" in no_model.stderr
+    registry = Registry(store)
+    version = register_onnx(registry, mean_brightness_model(tmp_path / "mean.onnx"))
+    registry.promote(version, reason="test")
+
+    table = predict(*files)  # P(ai) is the mean brightness: bright -> ai, dark -> real
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert "bright.png" in lines[0] and " ai " in lines[0] and "P(ai) 0.9804" in lines[0]
+    assert "dark.png" in lines[1] and " real " in lines[1]
+    assert f"model {version}" in table.stderr
+    as_json = predict(*files, str(tmp_path / "junk.jpg"), "--json", "--version", version)
+    assert as_json.returncode == 1  # one file was not an image
+    rows = json.loads(as_json.stdout)
+    assert [r.get("label") for r in rows] == ["ai", "real", None]
+    assert rows[0]["model_version"] == version and rows[0]["p_ai"] == 0.9804
+    assert "not a recognised image format" in rows[2]["error"]
+    missing = predict(str(tmp_path / "nowhere.jpg"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    unknown = predict(*files, "--version", "no-such-version")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
