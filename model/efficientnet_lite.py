@@ -173,6 +173,14 @@ def _conv_kernel(array: np.ndarray, depthwise: bool) -> np.ndarray:
     return array.transpose(2, 3, 0, 1) if depthwise else array.transpose(2, 3, 1, 0)
 
 
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer, those inside nested models too (the multiscale detector nests the backbone)."""
+    found = []
+    for layer in model.layers:
+        found.extend(_all_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return found
+
+
 def load_imagenet_weights(
     model: keras.Model,
     variant: str,
@@ -199,7 +207,7 @@ def load_imagenet_weights(
         layer_name = layer_name.replace(f"{prefix}__", f"{prefix}_")
         by_layer.setdefault(layer_name, {})[param] = value
     count = 0
-    for layer in model.layers:
+    for layer in _all_layers(model):
         if not layer.name.startswith(f"{prefix}_") or not layer.weights:
             continue
         tensors = by_layer.pop(layer.name, None)

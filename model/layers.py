@@ -226,3 +226,110 @@ class PatchMerging(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "dim": self.dim}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class NoiseResidual(layers.Layer):
+    """0..255 pixels -> their high-pass residual on the same scale: 128 + gain * (x - mean3x3(x)).
+
+    What forensic detectors read: the generator's pixel-level traces, without the picture's
+    content. The 3x3 mean pads by reflection (exports as ONNX Pad mode "reflect").
+    """
+
+    def __init__(self, gain: float = 4.0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.gain = float(gain)
+
+    def call(self, inputs: Any) -> Any:
+        x = ops.cast(inputs, self.compute_dtype)
+        padded = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        kernel = ops.convert_to_tensor(np.full((3, 3, 3, 1), 1.0 / 9.0, "float32"), dtype=self.compute_dtype)
+        mean = ops.depthwise_conv(padded, kernel, strides=1, padding="valid")
+        return ops.clip(128.0 + self.gain * (x - mean), 0.0, 255.0)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "gain": self.gain}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MosaicTiles(layers.Layer):
+    """(batch, g*t, g*t, C) mosaic -> (batch*g*g, t, t, C) tiles, row by row (model.preprocess's order)."""
+
+    def __init__(self, grid: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.grid = grid
+
+    def call(self, inputs: Any) -> Any:
+        g = self.grid
+        _, height, width, channels = inputs.shape
+        t = height // g
+        x = ops.reshape(inputs, (-1, g, t, g, t, channels))
+        return ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4, 5)), (-1, t, t, channels))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        _, height, width, channels = input_shape
+        t = None if height is None else height // self.grid
+        return (None, t, t, channels)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "grid": self.grid}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TileMean(layers.Layer):
+    """(batch*tiles, d) per-tile values -> (batch, d), their mean over each image's tiles."""
+
+    def __init__(self, tiles: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.tiles = tiles
+
+    def call(self, inputs: Any) -> Any:
+        return ops.mean(ops.reshape(inputs, (-1, self.tiles, inputs.shape[-1])), axis=1)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (None, input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "tiles": self.tiles}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ExpertMix(layers.Layer):
+    """[gate, expert, base] probabilities -> gate * expert + (1 - gate) * base."""
+
+    def call(self, inputs: Any) -> Any:
+        gate, expert, base = inputs
+        return gate * expert + (1.0 - gate) * base
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Standardize(layers.Layer):
+    """(x - mean) * scale with non-trainable statistics, set by ``set_statistics`` from data.
+
+    Not Keras's ``Normalization``: its ``adapt`` leaves the statistics in tensors that a
+    predict function traced earlier keeps seeing; these are variables, read at every call.
+    """
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        dims = input_shape[-1]
+        self.mean = self.add_weight(name="mean", shape=(dims,), initializer="zeros", trainable=False)
+        self.scale = self.add_weight(name="scale", shape=(dims,), initializer="ones", trainable=False)
+        super().build(input_shape)
+
+    def set_statistics(self, x: np.ndarray, epsilon: float = 1e-6) -> None:
+        """The mean and 1/std of each column of ``x``."""
+        x = np.asarray(x, np.float64)
+        self.mean.assign(x.mean(axis=0).astype("float32"))
+        self.scale.assign((1.0 / np.sqrt(x.var(axis=0) + epsilon)).astype("float32"))
+
+    def call(self, inputs: Any) -> Any:
+        return (ops.cast(inputs, self.compute_dtype) - self.mean) * self.scale
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape

@@ -1,6 +1,15 @@
 """The one preprocessing function, shared by training and serving.
 
-Decode, apply EXIF orientation, convert to RGB, resize to the model's input size, as uint8.
+Decode, apply EXIF orientation, convert to RGB, then fit the image to the model's input as uint8,
+the way the model's card says (``fit``):
+
+- ``"resize"``: the whole image resized to the input size (a thumbnail: fine for 32-px CIFAKE,
+  but it erases the pixel-level traces of a 512-px image);
+- ``"mosaic"``: the input is a 2x2 mosaic of tiles of half its side, cut at native resolution
+  from the four corners' side of the image (evenly spaced crops); the network scores each tile and
+  averages. An image whose short side is under a tile is first scaled up so that it is one tile
+  wide (CIFAKE's 32 px become one 224-px tile, repeated), never shrunk.
+
 Normalisation is not here: it lives inside the network (and so inside the ONNX graph).
 
 What ``decode_image`` refuses (``InvalidImage``, whose message the HTTP layer shows the user):
@@ -130,13 +139,55 @@ def _high_bit_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
 
 
-def to_model_input(image: Image.Image, size: int) -> np.ndarray:
-    """An RGB image -> ``(size, size, 3)`` uint8, resized with bicubic filtering."""
+FITS = ("resize", "mosaic")
+MOSAIC_GRID = 2  # tiles per side of a "mosaic" input
+
+
+def to_model_input(image: Image.Image, size: int, fit: str = "resize") -> np.ndarray:
+    """An RGB image -> ``(size, size, 3)`` uint8: resized (bicubic), or a mosaic of native crops."""
+    if fit == "mosaic":
+        tile = size // MOSAIC_GRID
+        grid = MOSAIC_GRID
+        crops = native_crops(image, tile, grid).reshape(grid, grid, tile, tile, 3)
+        return np.ascontiguousarray(crops.transpose(0, 2, 1, 3, 4).reshape(grid * tile, grid * tile, 3))
+    if fit != "resize":
+        raise ValueError(f"unknown input fit {fit!r}; known: {', '.join(FITS)}")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8)
 
 
-def preprocess(data: bytes, size: int) -> np.ndarray:
+def _at_least(image: Image.Image, tile: int) -> Image.Image:
+    """Scaled up (bicubic) so that the short side is ``tile``; images already that large are untouched."""
+    width, height = image.size
+    short = min(width, height)
+    if short >= tile:
+        return image
+    scale = tile / short
+    size = (max(tile, round(width * scale)), max(tile, round(height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def native_crops(image: Image.Image, tile: int, grid: int) -> np.ndarray:
+    """``grid x grid`` evenly spaced ``tile``-px crops at native resolution, row by row: (grid², tile, tile, 3).
+
+    The first and last crops touch the image's edges; a side only one tile long gives the same crop.
+    """
+    pixels = np.asarray(_at_least(image, tile), dtype=np.uint8)
+    height, width = pixels.shape[:2]
+    ys = np.linspace(0, height - tile, grid).round().astype(int)
+    xs = np.linspace(0, width - tile, grid).round().astype(int)
+    return np.stack([pixels[y : y + tile, x : x + tile] for y in ys for x in xs])
+
+
+def training_crops(image: Image.Image, tile: int, grid: int = 3) -> np.ndarray:
+    """The distinct native crops an image contributes to training: a ``grid x grid`` spread, or one."""
+    scaled = _at_least(image, tile)
+    if scaled.size == (tile, tile):
+        return np.asarray(scaled, dtype=np.uint8)[None]
+    return native_crops(scaled, tile, grid)
+
+
+def preprocess(data: bytes, size: int, fit: str = "resize") -> np.ndarray:
     """Image bytes -> ``(size, size, 3)`` uint8 model input."""
-    return to_model_input(decode_image(data), size)
+    return to_model_input(decode_image(data), size, fit)

@@ -24,6 +24,7 @@ from model.data import ArrayData, ImageSet
 from model.loss import FairnessBCE
 from model.metrics import binary_metrics
 from model.preprocess import decode_image, to_model_input
+from storage import ObjectStore
 
 Log = Callable[[str], None]
 CHECKPOINT = "checkpoint.keras"
@@ -45,6 +46,8 @@ class TrainConfig:
     precision: str = "float32"  # or "mixed_bfloat16" / "mixed_float16" (test before relying on it)
     workers: int = 2  # threads decoding and augmenting batches
     progress: bool = False  # Keras progress bar (per-epoch lines are always logged)
+    # The multiscale head (model.multiscale): the datasets whose images train its expert
+    expert_datasets: tuple[str, ...] = ("feedback",)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,9 +196,13 @@ def train(
     *,
     initial_model: keras.Model | None = None,
     checkpoint_dir: Path | None = None,
+    store: ObjectStore | None = None,
     log: Log = print,
 ) -> TrainResult:
     """Train (or fine-tune ``initial_model``) with the fairness loss and AdamW; keep the best epoch.
+
+    The multiscale detector trains its head on cached frozen-backbone features instead
+    (``model.multiscale``; ``store`` holds the feature cache).
 
     With ``checkpoint_dir``, every epoch is checkpointed there and a run that finds a
     checkpoint resumes from it (model, optimizer state, history).
@@ -204,6 +211,12 @@ def train(
         raise ValueError("no training images")
     if not len(val_data):
         raise ValueError("no validation images")
+    if config.head == "multiscale":
+        from model.multiscale import train_multiscale
+
+        return train_multiscale(
+            config, train_data, val_data, settings, initial_model=initial_model, store=store, log=log
+        )
     keras.utils.set_random_seed(settings.seed)
     keras.mixed_precision.set_global_policy(settings.precision)
     try:

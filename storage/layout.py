@@ -18,6 +18,7 @@ EVENTS = "registry/events/"
 DRIFT_REPORTS = "reports/drift/"
 DRIFT_LATEST = DRIFT_REPORTS + "latest.json"  # a copy of the newest summary.json (serving exports it)
 LOCKS = "locks/"  # leases that keep one run of a flow at a time (locks/<name>.json)
+FEATURES = "features/"  # features/<extractor>/<shard>.npz: frozen-backbone tile features by image (model.multiscale)
 TRAINING = "training/"  # training/<run>/: a train-model run's output for the retrain that asked for it
 
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
