@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aidetect.settings import get_settings
+from model.config import DEFAULT_ARCHITECTURE
 
 
 def _cmd_data_import(args: argparse.Namespace) -> int:
@@ -177,7 +178,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for path in files:
         try:
-            pixels = to_model_input(decode_image(path.read_bytes()), live.image_size)
+            pixels = to_model_input(decode_image(path.read_bytes()), live.image_size, live.model.input_fit)
         except InvalidImage as exc:
             rows.append({"file": str(path), "error": str(exc)})
             continue
@@ -306,9 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     flw = commands.add_parser("flow", help="run a flow once").add_subparsers(dest="flow_command", required=True)
     ret = flw.add_parser("retrain", help="train, validate, export, register and promote")
     ret.add_argument("--datasets", nargs="*", help="name or name@version (default: latest of every dataset)")
-    ret.add_argument("--architecture", default="tiny", help="tiny, effnet-b5-swin, effnetv2s, convnext-tiny, ...")
+    ret.add_argument(
+        "--architecture",
+        default=DEFAULT_ARCHITECTURE,
+        help="a preset: effnet-lite0-multiscale (default), tiny, effnet-lite0-swin, effnet-b5-swin, ...",
+    )
     ret.add_argument("--image-size", type=_positive_int, default=None, help="a multiple of 32 (default: the preset's)")
-    ret.add_argument("--epochs", type=_positive_int, default=3)
+    ret.add_argument("--epochs", type=_positive_int, default=10)
     ret.add_argument("--max-train-images", type=_positive_int, default=None)
     ret.add_argument("--no-warm-start", action="store_true", help="train from scratch, not from the champion")
     ret.add_argument("--no-augment", action="store_true", help="train without augmentation")
@@ -362,8 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the whole loop once on the embedded default")
     demo.add_argument("--data", default="../shared/data/cifake-dev.tar.gz", help="base dataset (.tar.gz or folder)")
     demo.add_argument("--newgen", default="../shared/data/newgen-dev.tar.gz", help="images from a new generator")
-    demo.add_argument("--epochs", type=_positive_int, default=3)
+    demo.add_argument("--architecture", default=DEFAULT_ARCHITECTURE, help="a preset (model/config.py)")
+    demo.add_argument("--epochs", type=_positive_int, default=10)
+    demo.add_argument("--limit-per-class", type=_positive_int, default=4000, help="base images imported per class")
     demo.add_argument("--max-train-images", type=_positive_int, default=20000)
+    demo.add_argument("--report-share", type=float, default=0.8, help="share of the new-generator images reported")
     demo.add_argument("--serve-port", type=int, default=8000)
     demo.add_argument("--prefect-port", type=int, default=4200)
     demo.set_defaults(func=_cmd_demo)

@@ -18,7 +18,7 @@ def create_app() -> FastAPI:
 
     @app.post("/predict")
     def predict(file: UploadFile = File(...)) -> dict[str, float]:  # noqa: B008
-        pixels = preprocess(file.file.read(), model.image_size)
+        pixels = preprocess(file.file.read(), model.image_size, model.input_fit)
         scores, _ = model.predict(pixels[None])
         return {"probability": float(scores[0])}
 

@@ -1,21 +1,22 @@
 """The loop, measured: does feedback on a new generator fix the detector on images it never saw?
 
-Start from a model trained on CIFAKE only (v1, promoted). Split ``newgen-dev`` into K folds;
-for each fold, on a copy of the store as v1 left it:
+Start from a model trained on CIFAKE only (v1, promoted). Draw ``--splits`` random stratified
+splits of ``newgen-dev``: ``--reports-per-class`` images of each label are reported, the rest
+held out (never reported). For each split, on a copy of the store as v1 left it:
 
-1. serving (real uvicorn) answers every new-generator image outside the fold;
-2. two independent clients (127.0.0.1 and 127.0.0.2) each file "this is wrong" with the true
-   label for every misclassified one, through ``POST /v1/feedback`` (accepted by agreement,
-   no reviewer);
-3. ``gather-feedback`` and ``retrain`` run as flows (the gate decides; v2 warm-starts from v1);
-4. serving hot-swaps to v2 if it was promoted, and answers the held-out fold again.
+1. serving (real uvicorn) answers every reported image;
+2. two independent clients (127.0.0.1 and 127.0.0.2) each file feedback with the true label
+   for every one of them, through ``POST /v1/feedback`` (accepted by agreement, no reviewer):
+   a labelled sample of the new generator, right answers of v1 included;
+3. ``gather-feedback`` (``misclassified_only=False``) and ``retrain`` run as flows (the gate
+   decides; v2 warm-starts from v1);
+4. serving hot-swaps to v2 if it was promoted, and answers the held-out images again.
 
-Held-out accuracy before (v1) and after (whatever serving answers with) is reported per
-fold and pooled: every newgen image is held out exactly once. The CIFAKE test accuracy of
-v1 and each v2 (from the registry) shows what the fix cost on the old data. Prints one JSON
-object.
+Held-out accuracy as served, before (v1) and after (whatever serving answers with), per split
+with mean and spread. The CIFAKE test accuracy of v1 and each v2 (from the registry) shows what
+the fix cost on the old data. Prints one JSON object.
 
-    .venv/bin/python bench/loop.py [--folds 3] [--limit-per-class 10000] [--epochs 3]
+    .venv/bin/python bench/loop.py [--splits 5] [--limit-per-class 2500] [--epochs 10]
 """
 
 from __future__ import annotations
@@ -95,15 +96,19 @@ def run_fold(
         seen = _predict(clients[0], feedback_images)
         wrong = [r for r in seen if r["label"] != r["truth"]]
         for client in clients:
-            for r in wrong:
+            for r in seen:
                 client.post("/v1/feedback", data={"prediction_id": r["id"], "label": r["truth"]}).raise_for_status()
-        log(f"fold {fold}: v1 held-out accuracy {_accuracy(before):.3f}; {len(wrong)}/{len(seen)} reported")
-        feedback_version = gather_feedback(retrain_after=10**9)
+        log(f"split {fold}: v1 held-out accuracy {_accuracy(before):.3f}; {len(seen)} reported ({len(wrong)} wrong)")
+        feedback_version = gather_feedback(retrain_after=10**9, misclassified_only=False)
         second = retrain(
-            epochs=args.epochs, max_train_images=args.max_train_images, augment=False, reason=f"bench fold {fold}"
+            architecture=args.architecture,
+            epochs=args.epochs,
+            max_train_images=args.max_train_images,
+            augment=False,
+            reason=f"bench split {fold}",
         )
         verdict = "promoted" if second["promoted"] else "rejected: " + "; ".join(second["verdict"]["reasons"])
-        log(f"fold {fold}: v2 {verdict}")
+        log(f"split {fold}: v2 {verdict}")
         live = _wait_for_version(clients[0], second["version"]) if second["promoted"] else v1
         after = _predict(clients[0], held_out)
         for client in clients:
@@ -114,7 +119,8 @@ def run_fold(
         "fold": fold,
         "held_out_images": len(held_out),
         "feedback_images_seen": len(seen),
-        "reported": len(wrong),
+        "reported": len(seen),
+        "v1_wrong_among_reported": len(wrong),
         "feedback_dataset": f"feedback@{feedback_version}",
         "v2": second["version"],
         "v2_promoted": second["promoted"],
@@ -127,7 +133,7 @@ def run_fold(
             "after": sum(r["label"] == r["truth"] for r in after),
         },
         "regression_set": second["metrics"].get("regression"),
-        "cifake_test_accuracy_v2": second["metrics"]["accuracy"],
+        "cifake_test_accuracy_v2": second["metrics"]["by_dataset"]["cifake"]["accuracy"],
     }
 
 
@@ -135,10 +141,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cifake", default=str(ROOT.parent / "shared/data/cifake-dev.tar.gz"))
     parser.add_argument("--newgen", default=str(ROOT.parent / "shared/data/newgen-dev.tar.gz"))
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--limit-per-class", type=int, default=10000)
+    from model.config import DEFAULT_ARCHITECTURE
+
+    parser.add_argument("--architecture", default=DEFAULT_ARCHITECTURE)
+    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--reports-per-class", type=int, default=40)
+    parser.add_argument("--limit-per-class", type=int, default=2500, help="CIFAKE images imported per class")
     parser.add_argument("--max-train-images", type=int, default=20000)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for path in (args.cifake, args.newgen):
@@ -161,8 +171,14 @@ def main() -> None:
     newgen = [
         (Path(i.path).name, i.label, i.data) for i in iter_source(Path(args.newgen)) if isinstance(i, SourceImage)
     ]
-    order = np.random.default_rng(args.seed).permutation(len(newgen))
-    folds = [order[k :: args.folds] for k in range(args.folds)]
+    labels = np.array([label for _, label, _ in newgen])
+    splits = []
+    for k in range(args.splits):
+        rng = np.random.default_rng((args.seed, k))
+        reported = np.concatenate(
+            [rng.permutation(np.flatnonzero(labels == c))[: args.reports_per_class] for c in ("ai", "real")]
+        )
+        splits.append((reported, np.setdiff1d(np.arange(len(newgen)), reported)))
     with prefect_test_harness(server_startup_timeout=120):
         log(f"importing {args.cifake} ({args.limit_per_class} per class)")
         imported = import_dataset(
@@ -171,6 +187,7 @@ def main() -> None:
         log(f"training v1 on cifake@{imported.version}")
         first = retrain(
             datasets=["cifake"],
+            architecture=args.architecture,
             epochs=args.epochs,
             max_train_images=args.max_train_images,
             warm_start=False,
@@ -179,33 +196,29 @@ def main() -> None:
         )
         assert first["promoted"], first["verdict"]
         results = []
-        for k, held in enumerate(folds):
-            held_set = set(held.tolist())
-            results.append(
-                run_fold(
-                    k,
-                    base_home,
-                    work,
-                    [newgen[i] for i in order if i not in held_set],
-                    [newgen[i] for i in held],
-                    args,
-                )
-            )
-    total = sum(r["held_out_images"] for r in results)
-    before = sum(r["held_out_correct"]["before"] for r in results) / total
-    after = sum(r["held_out_correct"]["after"] for r in results) / total
+        for k, (reported, held) in enumerate(splits):
+            results.append(run_fold(k, base_home, work, [newgen[i] for i in reported], [newgen[i] for i in held], args))
+    before_each = [r["held_out_accuracy"]["before"] for r in results]
+    after_each = [r["held_out_accuracy"]["after"] for r in results]
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": min(values), "max": max(values)}
+
     print(
         json.dumps(
             {
                 "benchmark": "loop",
                 "newgen_images": len(newgen),
-                "folds": args.folds,
+                "architecture": args.architecture,
+                "splits": args.splits,
+                "reports_per_class": args.reports_per_class,
                 "cifake_images": imported.taken,
                 "epochs": args.epochs,
                 "v1": first["version"],
-                "cifake_test_accuracy_v1": first["metrics"]["accuracy"],
-                "held_out_accuracy_pooled": {"before": before, "after": after, "gain": after - before},
-                "promoted_folds": sum(r["v2_promoted"] for r in results),
+                "cifake_test_accuracy_v1": first["metrics"]["by_dataset"]["cifake"]["accuracy"],
+                "held_out_accuracy": {"v1": spread(before_each), "served_after": spread(after_each)},
+                "v2_better_in": sum(a > b for a, b in zip(after_each, before_each, strict=True)),
+                "promoted_splits": sum(r["v2_promoted"] for r in results),
                 "per_fold": results,
                 "wall_seconds": round(time.monotonic() - started, 1),
                 "work_dir": str(work),

@@ -170,13 +170,18 @@ def balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4),
-            "min": round(float(np.min(values)), 4), "max": round(float(np.max(values)), 4)}
+    return {
+        "mean": round(float(np.mean(values)), 4),
+        "std": round(float(np.std(values)), 4),
+        "min": round(float(np.min(values)), 4),
+        "max": round(float(np.max(values)), 4),
+    }
 
 
 def score(fit: Fit, y: np.ndarray, splits: int, per_class: int) -> dict[str, float]:
-    return summary([balanced_accuracy(y[te], fit(tr, te)) for tr, te in
-                    (stratified_split(y, per_class, s) for s in range(splits))])
+    return summary(
+        [balanced_accuracy(y[te], fit(tr, te)) for tr, te in (stratified_split(y, per_class, s) for s in range(splits))]
+    )
 
 
 def leave_one_generator_out(x: np.ndarray, y: np.ndarray, gen: np.ndarray, splits: int, per_class: int) -> dict:
@@ -207,15 +212,23 @@ def with_base_data(
     base_head = _classifier().fit(bx, by)
     for s in range(splits):
         train, test = stratified_split(y, per_class, s)
-        record("base head only (no feedback)", balanced_accuracy(y[test], base_head.predict_proba(x[test])[:, 1]),
-               float(np.mean((base_head.predict_proba(tx)[:, 1] > 0.5) == ty)))
+        record(
+            "base head only (no feedback)",
+            balanced_accuracy(y[test], base_head.predict_proba(x[test])[:, 1]),
+            float(np.mean((base_head.predict_proba(tx)[:, 1] > 0.5) == ty)),
+        )
         xx, yy = np.concatenate([bx, x[train]]), np.concatenate([by, y[train]])
-        for name, w_feedback in (("one head, base + feedback unweighted", 1.0),
-                                 ("one head, feedback weighted to half the loss", len(bx) / len(train))):
+        for name, w_feedback in (
+            ("one head, base + feedback unweighted", 1.0),
+            ("one head, feedback weighted to half the loss", len(bx) / len(train)),
+        ):
             weights = np.concatenate([np.ones(len(bx)), np.full(len(train), w_feedback)])
             head = _classifier().fit(xx, yy, logisticregression__sample_weight=weights)
-            record(name, balanced_accuracy(y[test], head.predict_proba(x[test])[:, 1]),
-                   float(np.mean((head.predict_proba(tx)[:, 1] > 0.5) == ty)))
+            record(
+                name,
+                balanced_accuracy(y[test], head.predict_proba(x[test])[:, 1]),
+                float(np.mean((head.predict_proba(tx)[:, 1] > 0.5) == ty)),
+            )
         # An expert for the new source, and a gate that tells the sources apart.
         expert = _classifier().fit(x[train], y[train])
         gate = _classifier().fit(xx, np.concatenate([np.zeros(len(bx)), np.ones(len(train))]))
@@ -224,8 +237,11 @@ def with_base_data(
             g = gate.predict_proba(features)[:, 1]
             return g * expert.predict_proba(features)[:, 1] + (1 - g) * base_head.predict_proba(features)[:, 1]
 
-        record("feedback expert + base head, source gate", balanced_accuracy(y[test], mixed(x[test])),
-               float(np.mean((mixed(tx) > 0.5) == ty)))
+        record(
+            "feedback expert + base head, source gate",
+            balanced_accuracy(y[test], mixed(x[test])),
+            float(np.mean((mixed(tx) > 0.5) == ty)),
+        )
     return {name: {k: summary(v) for k, v in entry.items()} for name, entry in results.items()}
 
 
@@ -270,8 +286,9 @@ def main() -> None:
             "RGB + residual, 9 crops, crop-level training": crop_level(both, y),
         }
         table = {name: score(fit, y, args.splits, args.per_class) for name, fit in recipes.items()}
-        cifake_feats = {s: (np.concatenate([extract(x), extract(residual(x))], -1), labels)
-                        for s, (x, labels) in cifake.items()}
+        cifake_feats = {
+            s: (np.concatenate([extract(x), extract(residual(x))], -1), labels) for s, (x, labels) in cifake.items()
+        }
         entry: dict[str, Any] = {
             "recipes": table,
             "leave_one_generator_out": {

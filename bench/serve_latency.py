@@ -48,6 +48,7 @@ from bench._serving import (  # noqa: E402
     start_server,
     test_image,
 )
+from model.config import get_config  # noqa: E402
 
 LEVELS = (1, 8, 32)
 
@@ -60,7 +61,7 @@ from model.preprocess import preprocess
 net = keras.saving.load_model(sys.argv[1], compile=False)
 data = open(sys.argv[2], "rb").read()
 levels = json.loads(sys.argv[3])
-pixels = preprocess(data, net.input_shape[1])[None]
+pixels = preprocess(data, net.input_shape[1], sys.argv[4])[None]
 net.predict(pixels, verbose=0)
 out = {}
 for concurrency, requests in levels:
@@ -91,7 +92,7 @@ def bare(model_path: Path, image: bytes, concurrency: int, requests: int) -> Loa
     from model.preprocess import preprocess
 
     model = OnnxModel(model_path)
-    pixels = preprocess(image, model.image_size)[None]
+    pixels = preprocess(image, model.image_size, model.input_fit)[None]
     model.predict(pixels)
     result = LoadResult()
     lock = threading.Lock()
@@ -124,7 +125,7 @@ def bare_batched(model_path: Path, image: bytes, batch: int = 16, repeats: int =
     from model.preprocess import preprocess
 
     model = OnnxModel(model_path)
-    pixels = np.repeat(preprocess(image, model.image_size)[None], batch, axis=0)
+    pixels = np.repeat(preprocess(image, model.image_size, model.input_fit)[None], batch, axis=0)
     model.predict(pixels)
     started = time.perf_counter()
     for _ in range(repeats):
@@ -132,10 +133,10 @@ def bare_batched(model_path: Path, image: bytes, batch: int = 16, repeats: int =
     return batch * repeats / (time.perf_counter() - started)
 
 
-def keras_predict(keras_path: Path, image_path: Path, plan: list[tuple[int, int]]) -> dict[int, LoadResult]:
+def keras_predict(keras_path: Path, image_path: Path, plan: list[tuple[int, int]], fit: str) -> dict[int, LoadResult]:
     """(d): one child process with TensorFlow, all concurrency levels."""
     proc = subprocess.run(
-        [sys.executable, "-c", _KERAS, str(keras_path), str(image_path), json.dumps(plan)],
+        [sys.executable, "-c", _KERAS, str(keras_path), str(image_path), json.dumps(plan), fit],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -153,6 +154,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=64, help="requests per level at concurrency 1 (x4 at 8, 32)")
     parser.add_argument("--skip-keras", action="store_true")
+    parser.add_argument("--upload-side", type=int, default=None, help="side of the uploaded JPEG (default: input)")
     args = parser.parse_args()
     plan = [(c, args.requests if c == 1 else args.requests * 4) for c in LEVELS]
 
@@ -161,7 +163,7 @@ def main() -> None:
         print(f"exporting {args.architecture} ...", file=sys.stderr, flush=True)
         size = export_model(args.architecture, tmp / "model")
         register(tmp / "store", tmp / "model", size)
-        image = test_image(size)
+        image = test_image(args.upload_side or size)
         (tmp / "image.jpg").write_bytes(image)
         env = {
             "AIDETECT_HOME": str(tmp / "home"),
@@ -190,7 +192,7 @@ def main() -> None:
                         rounds[name][concurrency].append(result.summary())
                 if not args.skip_keras:
                     for concurrency, result in keras_predict(
-                        tmp / "model/model.keras", tmp / "image.jpg", plan
+                        tmp / "model/model.keras", tmp / "image.jpg", plan, get_config(args.architecture).input_fit
                     ).items():
                         rounds["keras"][concurrency].append(result.summary())
             served = httpx_get_json(http.url + "/metrics")

@@ -53,8 +53,13 @@ def gather_feedback(
     holdout_share: float = 0.2,
     retrain_after: int = 50,
     alias: str = "production",
+    misclassified_only: bool = True,
 ) -> str | None:
     """Add the accepted, misclassified feedback images not taken yet to a new dataset version.
+
+    ``misclassified_only=False`` also takes accepted claims that agree with the model (a
+    labelled sample of a new generator's images, say): an expert for a new source needs
+    examples of both labels, and the model's right answers of that source are rarely reported.
 
     Accepted means a reviewer accepted the claim, or ``min_agreeing_clients`` independent
     clients made it and none contradicted it; each client contributes at most
@@ -76,7 +81,7 @@ def gather_feedback(
     records = load_feedback(store_url)
     reviews = load_reviews(store)
     policy = Policy(min_agreeing_clients=min_agreeing_clients, max_per_client=max_per_client)
-    selected = select_for_training(records, reviews, policy)
+    selected = select_for_training(records, reviews, policy, misclassified_only=misclassified_only)
     chosen = {record.image_sha256: (record, label) for record, label in selected}
     logger.info(
         "%d feedback records (%d reviewed), %d images accepted and misclassified",

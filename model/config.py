@@ -181,6 +181,10 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# What the demo, the CLI, prefect.yaml and the loop benchmark train (bench/recipes.py, bench/loop.py)
+DEFAULT_ARCHITECTURE = "effnet-lite0-multiscale"
+
+
 def get_config(name: str, **overrides: Any) -> ModelConfig:
     """A preset by name, optionally with some fields replaced (e.g. ``image_size=224``)."""
     if name not in PRESETS:

@@ -352,10 +352,10 @@ class ImageSet:
             [self.generator[i] for i in index],
         )
 
-    def decode(self, size: int, workers: int = 4) -> ArrayData:
+    def decode(self, size: int, fit: str = "resize", workers: int = 4) -> ArrayData:
         """Every image through the shared preprocessing, to ``(n, size, size, 3)`` uint8."""
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            pixels = list(pool.map(lambda data: preprocess(data, size), self.images))
+            pixels = list(pool.map(lambda data: preprocess(data, size, fit), self.images))
         return ArrayData(
             np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8),
             self.y,

@@ -113,7 +113,7 @@ def reference_rows(
             except InvalidImage:
                 continue
             chunk_rows.append({**image_statistics(image, data), "bytes": len(data)})
-            pixels.append(to_model_input(image, model.image_size))
+            pixels.append(to_model_input(image, model.image_size, model.input_fit))
         if not pixels:
             continue
         raw, embedding = model.predict(np.stack(pixels))

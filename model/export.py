@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from model.architectures import OUTPUT_NAME, with_embedding
-from model.inference import OnnxModel
+from model.inference import INPUT_FIT_KEY, OnnxModel
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -18,8 +18,12 @@ class ParityError(ValueError):
     """The ONNX file does not reproduce the Keras model."""
 
 
-def export_onnx(model: keras.Model, path: Path, opset: int = OPSET) -> Path:
-    """Write ``model`` (with its embedding as a second output) to ``path`` as ONNX."""
+def export_onnx(model: keras.Model, path: Path, opset: int = OPSET, *, input_fit: str = "resize") -> Path:
+    """Write ``model`` (with its embedding as a second output) to ``path`` as ONNX.
+
+    ``input_fit`` (how preprocessing fits an image to the input) is written into the file's
+    metadata, so whoever runs the file feeds it as it was trained (``OnnxModel.input_fit``).
+    """
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError("ONNX export needs KERAS_BACKEND=tensorflow (tf2onnx converts TF graphs)")
     import tensorflow as tf
@@ -31,7 +35,25 @@ def export_onnx(model: keras.Model, path: Path, opset: int = OPSET) -> Path:
     spec = [tf.TensorSpec((None, size, size, 3), tf.uint8, name="pixels")]
     path.parent.mkdir(parents=True, exist_ok=True)
     tf2onnx.convert.from_keras(exported, input_signature=spec, opset=opset, output_path=str(path))
+    _set_metadata(path, {INPUT_FIT_KEY: input_fit})
     return path
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _set_metadata(path: Path, values: dict[str, str]) -> None:
+    import onnx
+
+    graph = onnx.load(str(path))
+    kept = {p.key: p.value for p in graph.metadata_props} | values
+    del graph.metadata_props[:]
+    for key, value in kept.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
 
 
 def check_parity(
@@ -71,6 +93,7 @@ def optimize_onnx(source: Path, target: Path) -> Path:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(target)
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    _set_metadata(target, _metadata(source))
     return target
 
 
@@ -99,4 +122,5 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray, batch_siz
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
+    _set_metadata(target, _metadata(source))
     return target

@@ -48,6 +48,9 @@ def share_thread_pool(threads: int = 0) -> bool:
     return True
 
 
+INPUT_FIT_KEY = "aidetect.input_fit"
+
+
 class OnnxModel:
     """An onnxruntime session over a detector exported by ``model.export``."""
 
@@ -71,6 +74,8 @@ class OnnxModel:
         if not (isinstance(shape[1], int) and shape[1] == shape[2] and shape[3] == 3):
             raise ValueError(f"{path}: expected a (batch, size, size, 3) input, got shape {shape}")
         self.image_size = int(shape[1])
+        # How preprocessing fits an image to the input (model.preprocess.FITS), written by model.export
+        self.input_fit = self.session.get_modelmeta().custom_metadata_map.get(INPUT_FIT_KEY, "resize")
         self.output_names = [o.name for o in self.session.get_outputs()]
         if len(self.output_names) != 2:
             raise ValueError(f"{path}: expected two outputs (P(ai), embedding), got {self.output_names}")

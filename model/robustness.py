@@ -31,13 +31,13 @@ _TRANSFORMS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]
 }
 
 
-def tier_pixels(images: list[bytes], size: int, tier: str, seed: int = 0) -> np.ndarray:
+def tier_pixels(images: list[bytes], size: int, tier: str, seed: int = 0, fit: str = "resize") -> np.ndarray:
     """The images degraded as ``tier`` says, then through the shared preprocessing."""
     if tier not in _TRANSFORMS:
         raise ValueError(f"unknown robustness tier {tier!r}; known: {', '.join(TIERS)}")
     transform = _TRANSFORMS[tier]
     pixels = [
-        to_model_input(transform(decode_image(data), np.random.default_rng((seed, i))), size)
+        to_model_input(transform(decode_image(data), np.random.default_rng((seed, i))), size, fit)
         for i, data in enumerate(images)
     ]
     return np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)

@@ -71,7 +71,13 @@ def overlay_png(image: Image.Image, heat: np.ndarray, max_side: int = 512) -> by
     return buffer.getvalue()
 
 
+def shown_image(image: Image.Image, pixels: np.ndarray, fit: str) -> Image.Image:
+    """What the heatmap lies over: the image, or for a mosaic input the mosaic of crops the model read."""
+    return Image.fromarray(pixels) if fit == "mosaic" else image
+
+
 def heatmap_png(data: bytes, model: OnnxModel, label: str, max_side: int = 512) -> bytes:
     """The upright image under a translucent red map of the regions that drove ``label``."""
     image = decode_image(data)
-    return overlay_png(image, occlusion_map(model, to_model_input(image, model.image_size), label), max_side)
+    pixels = to_model_input(image, model.image_size, model.input_fit)
+    return overlay_png(shown_image(image, pixels, model.input_fit), occlusion_map(model, pixels, label), max_side)

@@ -24,7 +24,7 @@ from model.preprocess import InvalidImage, decode_image, to_model_input
 from model.registry import AliasConflict
 from serving.annotate import annotate
 from serving.batching import InferenceFailed
-from serving.explain import combine, occluded_copies, overlay_png
+from serving.explain import combine, occluded_copies, overlay_png, shown_image
 from serving.history import COOKIE, HistoryItem
 from serving.history import now as history_now
 from serving.recent import RecentPrediction
@@ -87,10 +87,10 @@ async def _read_upload(file: UploadFile, limit: int) -> bytes:
     return data
 
 
-def _prepare(data: bytes, size: int) -> tuple[Image.Image, np.ndarray]:
-    """Decode + orient + RGB + resize (a worker thread, never the event loop)."""
+def _prepare(data: bytes, size: int, fit: str) -> tuple[Image.Image, np.ndarray]:
+    """Decode + orient + RGB + fit to the input (a worker thread, never the event loop)."""
     image = decode_image(data)
-    return image, to_model_input(image, size)
+    return image, to_model_input(image, size, fit)
 
 
 async def _infer(
@@ -99,7 +99,7 @@ async def _infer(
     """Decode in a worker thread, then score in a micro-batch: (image, pixels, raw score, embedding)."""
     state.batcher.decoding += 1
     try:
-        image, pixels = await asyncio.to_thread(_prepare, data, live.image_size)
+        image, pixels = await asyncio.to_thread(_prepare, data, live.image_size, live.model.input_fit)
     except InvalidImage as exc:
         raise BadUpload(status.HTTP_400_BAD_REQUEST, "unreadable", f"cannot read the image: {exc}") from None
     finally:
@@ -230,7 +230,7 @@ async def heatmap(state: StateDep, live: LiveModelDep, prediction_id: str) -> Re
     cached = state.heatmaps.get((prediction_id, live.version))
     if cached is not None:
         return Response(cached, media_type="image/png", headers={"X-Model-Version": live.version})
-    image, pixels = await asyncio.to_thread(_prepare, known.image, live.image_size)
+    image, pixels = await asyncio.to_thread(_prepare, known.image, live.image_size, live.model.input_fit)
     batch, boxes, cell = occluded_copies(pixels)
 
     def scorer(chunk: np.ndarray) -> Callable[[], np.ndarray]:
@@ -240,7 +240,7 @@ async def heatmap(state: StateDep, live: LiveModelDep, prediction_id: str) -> Re
     for start in range(0, len(batch), HEATMAP_CHUNK):  # chunks take turns with live batches
         scores.append(await state.batcher.run(scorer(batch[start : start + HEATMAP_CHUNK])))
     heat = combine(np.concatenate(scores), boxes, cell, live.image_size, known.label)
-    png = await asyncio.to_thread(overlay_png, image, heat)
+    png = await asyncio.to_thread(overlay_png, shown_image(image, pixels, live.model.input_fit), heat)
     state.heatmaps.put((prediction_id, live.version), png)
     return Response(png, media_type="image/png", headers={"X-Model-Version": live.version})
 

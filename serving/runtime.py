@@ -216,6 +216,9 @@ class ModelHolder:
         expected_size = metadata.get("input_size")
         if expected_size is not None and int(expected_size) != model.image_size:
             raise ModelRefused("shape", f"graph takes {model.image_size} px, metadata says {expected_size}")
+        expected_fit = metadata.get("input_fit")
+        if expected_fit is not None and expected_fit != model.input_fit:
+            raise ModelRefused("shape", f"graph is fed by {model.input_fit!r}, metadata says {expected_fit!r}")
         try:
             warm = self._scores(model, np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
         except Exception as exc:

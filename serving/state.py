@@ -92,8 +92,9 @@ class ServingState:
             return
         self.shadow_waiting += 1
         try:
-            if pixels.shape[0] != shadow.image_size:
-                pixels = await asyncio.to_thread(to_model_input, image, shadow.image_size)
+            live = self.holder.current
+            if pixels.shape[0] != shadow.image_size or live is None or live.model.input_fit != shadow.model.input_fit:
+                pixels = await asyncio.to_thread(to_model_input, image, shadow.image_size, shadow.model.input_fit)
             raw, _ = await self.batcher.score(shadow.model, pixels)
             label, p = calibrated(shadow, raw)
             record.update(shadow_version=shadow.version, shadow_probability=p, shadow_label=label)

@@ -174,7 +174,7 @@ def key(name: str) -> str:
 def test_every_layout_prefix_is_known_here() -> None:
     assert set(PREFIXES) == {
         "IMAGES", "DATASETS", "FEEDBACK", "PREDICTIONS", "MODELS", "ALIASES", "EVENTS",
-        "DRIFT_REPORTS", "LOCKS", "TRAINING", "FEEDBACK_INDEX", "REVIEWS",
+        "DRIFT_REPORTS", "LOCKS", "TRAINING", "FEEDBACK_INDEX", "REVIEWS", "FEATURES",
     }  # fmt: skip
     # a new prefix in storage/layout.py: decide which role may touch it, then add it above
 
@@ -198,16 +198,19 @@ MAY = [
     *((TRAIN, "get", p) for p in ("DATASETS", "MODELS")),
     (TRAIN, "put", "TRAINING"),
     (TRAIN, "list", "DATASETS"),
+    # the frozen backbone's feature cache (model.multiscale)
+    *((TRAIN, op, "FEATURES") for op in ("get", "put", "list")),
 ]
 MAY_NOT = [
     *((SERVING, "delete", p) for p in PREFIXES),
     *((SERVING, "put", p) for p in ("MODELS", "ALIASES", "EVENTS", "DATASETS", "TRAINING", "LOCKS", "REVIEWS")),
-    *((SERVING, "get", p) for p in ("DATASETS", "TRAINING", "PREDICTIONS", "DRIFT_REPORTS", "LOCKS")),
+    *((SERVING, "get", p) for p in ("DATASETS", "TRAINING", "PREDICTIONS", "DRIFT_REPORTS", "LOCKS", "FEATURES")),
+    (SERVING, "put", "FEATURES"),
     *((ROLLBACK, "put", p) for p in ("MODELS", "DATASETS")),
     *((ROLLBACK, "delete", p) for p in ("MODELS", "ALIASES")),
     *((WORKER, "delete", p) for p in PREFIXES if p != "LOCKS"),
     *((WORKER, "put", p) for p in ("FEEDBACK", "FEEDBACK_INDEX", "REVIEWS", "IMAGES", "PREDICTIONS", "TRAINING")),
-    *((TRAIN, "put", p) for p in PREFIXES if p != "TRAINING"),  # incl. ALIASES: it cannot promote
+    *((TRAIN, "put", p) for p in PREFIXES if p not in ("TRAINING", "FEATURES")),  # incl. ALIASES: cannot promote
     *((TRAIN, "delete", p) for p in PREFIXES),
     *((TRAIN, "get", p) for p in ("IMAGES", "FEEDBACK", "PREDICTIONS", "ALIASES", "LOCKS", "TRAINING")),
     *((TRAIN, "list", p) for p in ("MODELS", "FEEDBACK", "IMAGES")),
