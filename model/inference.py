@@ -49,6 +49,7 @@ def share_thread_pool(threads: int = 0) -> bool:
 
 
 INPUT_FIT_KEY = "aidetect.input_fit"
+BATCH_PIXELS = 2**21
 
 
 class OnnxModel:
@@ -80,8 +81,13 @@ class OnnxModel:
         if len(self.output_names) != 2:
             raise ValueError(f"{path}: expected two outputs (P(ai), embedding), got {self.output_names}")
 
-    def predict(self, pixels: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (n, size, size, 3) -> (P(ai) of shape (n,), embeddings of shape (n, d))."""
+    def predict(self, pixels: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (n, size, size, 3) -> (P(ai) of shape (n,), embeddings of shape (n, d)).
+
+        By default a batch holds at most ``BATCH_PIXELS`` input pixels: 256 thumbnails, but ten
+        448-px mosaics (onnxruntime's arena grows to the largest batch's activations: 18 GB at 256).
+        """
+        batch_size = batch_size or max(1, min(256, BATCH_PIXELS // (self.image_size * self.image_size)))
         scores, embeddings = [], []
         for start in range(0, len(pixels), batch_size):
             p, emb = self.session.run(None, {self.input_name: pixels[start : start + batch_size]})

@@ -53,7 +53,7 @@ def combine(scores: np.ndarray, boxes: list[tuple[int, int]], cell: int, size: i
 def occlusion_map(model: OnnxModel, pixels: np.ndarray, label: str, grid: int = 6) -> np.ndarray:
     """``(size, size)`` float map in [0, 1]: how much each pixel's region supports ``label``."""
     batch, boxes, cell = occluded_copies(pixels, grid)
-    scores, _ = model.predict(batch, batch_size=64)
+    scores, _ = model.predict(batch)
     return combine(scores, boxes, cell, pixels.shape[0], label)
 
 
