@@ -122,7 +122,8 @@ def tile_features(
             return tiles[:1] if (tiles == tiles[:1]).all() else tiles  # a thumbnail's mosaic repeats one tile
         return training_crops(decode_image(images.images[i]), tile, grid)
 
-    missing = [i for i, sha in enumerate(images.sha256) if cache.get(sha, grid) is None]
+    first = {sha: i for i, sha in reversed(list(enumerate(images.sha256)))}  # oversampled sets repeat images
+    missing = sorted(i for sha, i in first.items() if cache.get(sha, grid) is None)
     if missing:
         log(f"computing tile features of {len(missing)} images ({len(images) - len(missing)} cached)")
     started = time.perf_counter()
