@@ -111,6 +111,7 @@ def run_fold(
         log(f"split {fold}: v2 {verdict}")
         live = _wait_for_version(clients[0], second["version"]) if second["promoted"] else v1
         after = _predict(clients[0], held_out)
+        log(f"split {fold}: held-out accuracy as served {_accuracy(before):.3f} -> {_accuracy(after):.3f} ({live})")
         for client in clients:
             client.close()
     finally:

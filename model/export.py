@@ -97,18 +97,24 @@ def optimize_onnx(source: Path, target: Path) -> Path:
     return target
 
 
-def quantize_int8(source: Path, target: Path, calibration: np.ndarray, batch_size: int = 16) -> Path:
+def quantize_int8(source: Path, target: Path, calibration: np.ndarray, batch_size: int | None = None) -> Path:
     """Static INT8 quantisation (QDQ), activation ranges calibrated on real images.
 
     Static rather than dynamic: dynamic quantisation of convolutions runs ConvInteger,
-    which was slower than FP32 on CPU here.
+    which was slower than FP32 on CPU here. The calibrator keeps every intermediate tensor of
+    every calibration image until the end (about 0.4 GB per 448-px mosaic: 48 of them took
+    19 GB), so large inputs are calibrated on a few images (``flows.retrain`` passes 8).
     """
+    from model.inference import BATCH_PIXELS
+
+    side = int(calibration.shape[1]) if calibration.ndim == 4 else 1
+    step = batch_size or max(1, min(16, BATCH_PIXELS // (side * side)))
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class _Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
             self.batches = iter(
-                [{"pixels": calibration[i : i + batch_size]} for i in range(0, len(calibration), batch_size)]
+                [{"pixels": calibration[i : i + step]} for i in range(0, len(calibration), step)]
             )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
