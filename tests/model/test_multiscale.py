@@ -109,10 +109,11 @@ def test_features_are_computed_once_per_image_and_kept_in_the_store(tmp_path: Pa
     assert extractor_id(other, config) != extractor_id(model, config)
 
 
-# Measured over the 5 splits below (seeds 0-4, 40 reports per class, 20 held out), 300 CIFAKE
-# images: held-out accuracy v1 0.35-0.60 -> v2 0.90-1.00; CIFAKE test accuracy of v1 and v2 equal.
-# The bar (0.75: four held-out images more wrong than the worst split) and the equality hold
-# with a margin; the features are deterministic (frozen backbone) and the head training seeded.
+# Measured with the same model code on 4,000 CIFAKE images and 4 splits: held-out accuracy
+# v1 0.40-0.65 -> v2 0.95-1.00, CIFAKE test accuracy of v1 and v2 equal. At this test's 300
+# images all 5 splits passed in two fresh-clone runs (their values are not printed; the bar,
+# 0.75, sits four held-out images under the lowest v2 measured). The features are
+# deterministic (frozen backbone) and the head training seeded.
 HELD_OUT_BAR = 0.75
 
 
