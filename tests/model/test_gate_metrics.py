@@ -51,8 +51,8 @@ def _metrics(accuracy: float = 0.9, **kw: object) -> dict[str, object]:
 
 def test_gate_checks_recall_fairness_calibration_latency_and_the_regression_set() -> None:
     config = GateConfig(min_class_recall=0.7, max_mean_shift=0.1, max_ece=0.08, max_latency_ms=50)
-    champion = _metrics(regression={"n": 20.0, "accuracy": 0.25})
-    better = _metrics(regression={"n": 20.0, "accuracy": 0.7})
+    champion = _metrics(regression={"n": 40.0, "accuracy": 0.25})
+    better = _metrics(regression={"n": 40.0, "accuracy": 0.7})
     assert judge(better, champion, 1e-6, config, latency_ms=10).blessed
 
     # a label-flipped challenger fails nearly every rule, each with its own reason
@@ -63,7 +63,7 @@ def test_gate_checks_recall_fairness_calibration_latency_and_the_regression_set(
         ece=0.6,
         mean_prediction=0.38,
         mean_prediction_minus_beta=-0.12,
-        regression={"n": 20.0, "accuracy": 0.0},
+        regression={"n": 40.0, "accuracy": 0.0},
     )
     verdict = judge(flipped, champion, 1e-6, config, latency_ms=80)
     assert not verdict.blessed
@@ -82,15 +82,22 @@ def test_gate_checks_recall_fairness_calibration_latency_and_the_regression_set(
     assert len(verdict.reasons) == 8
 
     # the regression set: equal is not better; a perfect champion only needs to be matched
-    same = _metrics(regression={"n": 20.0, "accuracy": 0.25})
+    same = _metrics(regression={"n": 40.0, "accuracy": 0.25})
     assert "not better" in judge(same, champion, 1e-6, config).reasons[0]
-    perfect = _metrics(regression={"n": 20.0, "accuracy": 1.0})
+    perfect = _metrics(regression={"n": 40.0, "accuracy": 1.0})
     assert judge(perfect, perfect, 1e-6, config).blessed
     gain = GateConfig(min_regression_gain=0.5)
     assert not judge(better, champion, 1e-6, gain).blessed  # 0.7 < 0.25 + 0.5
-    # too few held-out images: skipped, and the verdict says so
-    small = judge(_metrics(regression={"n": 3.0, "accuracy": 0.0}), champion, 1e-6, config)
-    assert small.blessed and "rule skipped" in small.notes[0]
+    # fewer held-out images than the minimum: non-inferiority (one image of slack), and the verdict says so
+    champion10 = _metrics(regression={"n": 10.0, "accuracy": 0.5})
+    tied = judge(_metrics(regression={"n": 10.0, "accuracy": 0.5}), champion10, 1e-6, config)
+    assert tied.blessed and "non-inferiority" in tied.notes[0]
+    assert judge(_metrics(regression={"n": 10.0, "accuracy": 0.4}), champion10, 1e-6, config).blessed
+    worse = judge(_metrics(regression={"n": 10.0, "accuracy": 0.3}), champion10, 1e-6, config)
+    assert not worse.blessed and "by more than one image" in worse.reasons[0]
+    # none held out: skipped, and said
+    none = judge(_metrics(regression=None), champion10, 1e-6, config)
+    assert none.blessed and "rule skipped" in none.notes[0]
 
 
 def test_gate_config_from_parameters_refuses_unknown_settings() -> None:
