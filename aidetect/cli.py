@@ -7,10 +7,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aidetect.settings import get_settings
 from model.config import DEFAULT_ARCHITECTURE
+
+if TYPE_CHECKING:
+    from model.data import ImageSet
 
 
 def _cmd_data_import(args: argparse.Namespace) -> int:
@@ -196,6 +199,121 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in rows) else 0
 
 
+def _labelled_images(path: Path) -> tuple[ImageSet, list[tuple[str, str]]]:
+    """A labelled folder or archive (``ai/`` and ``real/``) as an ImageSet, and what was skipped."""
+    import hashlib
+
+    import numpy as np
+
+    from model.data import ImageSet, SourceImage, iter_source
+    from model.preprocess import InvalidImage, decode_image
+
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or folder")
+    images: list[bytes] = []
+    labels: list[float] = []
+    shas: list[str] = []
+    generators: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for item in iter_source(path):
+        if not isinstance(item, SourceImage):
+            skipped.append(item)
+            continue
+        try:
+            decode_image(item.data)
+        except InvalidImage as exc:
+            skipped.append((item.path, str(exc)))
+            continue
+        sha = hashlib.sha256(item.data).hexdigest()
+        if sha in seen:
+            skipped.append((item.path, "duplicate of an earlier image"))
+            continue
+        seen.add(sha)
+        images.append(item.data)
+        labels.append(1.0 if item.label == "ai" else 0.0)
+        shas.append(sha)
+        generators.append(item.generator)
+    if not images:
+        raise UsageError(f"{path}: no images under ai/ or real/ ({len(skipped)} skipped)")
+    name = path.name.split(".")[0] or "data"
+    return ImageSet(images, np.asarray(labels, np.float32), shas, [name] * len(images), generators), skipped
+
+
+def _cmd_model_register(args: argparse.Namespace) -> int:
+    """Register a .onnx or .keras model trained elsewhere (checked, canaries recorded; not promoted)."""
+    from model.register import register_model_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    version = register_model_file(
+        get_settings().open_store(),
+        path,
+        input_fit=args.input_fit,
+        threshold=args.threshold,
+        temperature=args.temperature,
+        note=args.note,
+    )
+    print(version)
+    print(f"registered {path.name} as {version}; next: aidetect model evaluate {version} --data PATH", file=sys.stderr)
+    return 0
+
+
+def _cmd_model_evaluate(args: argparse.Namespace) -> int:
+    """The gate's evaluation of one version on a labelled folder or archive: JSON, plots, a table."""
+    from model.evaluation import evaluate_model
+    from model.inference import share_thread_pool
+    from model.plots import evaluation_plots
+    from model.registry import Registry
+    from model.robustness import TIERS
+    from serving.runtime import ModelHolder, ModelRefused
+    from storage import NotFound
+
+    data, skipped = _labelled_images(Path(args.data))
+    settings = get_settings()
+    store = settings.open_store()
+    if args.version not in Registry(store).versions():
+        raise UsageError(f"no model version {args.version!r} (aidetect model list shows them)")
+    share_thread_pool()
+    holder = ModelHolder(store, settings.cache_dir / "models")
+    try:
+        live = holder.load_version(args.version)
+    except (ModelRefused, NotFound) as exc:
+        raise UsageError(f"model {args.version} cannot be evaluated: {exc}") from None
+    beta = live.metadata.get("train", {}).get("beta")
+    tiers = ("clean",) if args.clean_only else TIERS
+    _progress(f"evaluating {args.version} on {len(data)} images ({len(skipped)} skipped), tiers: {', '.join(tiers)}")
+    metrics, scores = evaluate_model(live.model, data, None, live.temperature, beta, tiers)
+    out = Path(args.out or f"evaluation-{args.version}")
+    plots = evaluation_plots(data.y, scores, metrics, out / "plots", label=args.version)
+    report = {
+        "version": args.version,
+        "data": str(args.data),
+        "images": len(data),
+        "skipped": [{"file": f, "reason": r} for f, r in skipped],
+        "metrics": metrics,
+        "plots": {name: str(p) for name, p in plots.items()},
+    }
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
+    if args.json:
+        print(json.dumps(report, indent=2, default=float))
+        return 0
+    rows = [("images", f"{len(data)} ({int(data.y.sum())} ai, {len(data) - int(data.y.sum())} real)")]
+    for key in ("accuracy", "f1", "precision", "recall_ai", "recall_real", "roc_auc", "ece", "mean_prediction"):
+        value = metrics.get(key)
+        rows.append((key, "-" if value is None or value != value else f"{value:.4f}"))
+    for tier, tier_metrics in metrics["robustness"].items():
+        rows.append((f"accuracy, {tier}", f"{tier_metrics['accuracy']:.4f}"))
+    for generator, slice_metrics in metrics["slices"].get("generator", {}).items():
+        rows.append((f"accuracy, generator {generator or '(none)'}", f"{slice_metrics['accuracy']:.4f}"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print(f"metrics and plots: {out}/", file=sys.stderr)
+    return 0
+
+
 def _cmd_flow_retrain(args: argparse.Namespace) -> int:
     from flows.retrain import retrain
 
@@ -207,6 +325,8 @@ def _cmd_flow_retrain(args: argparse.Namespace) -> int:
         max_train_images=args.max_train_images,
         augment=not args.no_augment,
         warm_start=not args.no_warm_start,
+        weights=args.weights,
+        seed=args.seed,
     )
     print(json.dumps({k: result[k] for k in ("version", "promoted", "verdict", "champion")}, indent=2))
     return 0
@@ -299,6 +419,22 @@ def build_parser() -> argparse.ArgumentParser:
     prm.add_argument("--alias", default="production")
     prm.add_argument("--reason", default="manual promotion")
     prm.set_defaults(func=_cmd_model_promote)
+    reg = mdl.add_parser("register", help="register a .onnx or .keras model trained elsewhere (not promoted)")
+    reg.add_argument("file")
+    reg.add_argument("--input-fit", choices=["resize", "mosaic"], default=None, help="how images fit the input")
+    reg.add_argument("--threshold", type=float, default=0.5, help="P(ai) at or above which the verdict is ai")
+    reg.add_argument("--temperature", type=float, default=1.0, help="calibration temperature of its scores")
+    reg.add_argument("--note", default="", help="kept in the version's metadata")
+    reg.set_defaults(func=_cmd_model_register)
+    evl = mdl.add_parser(
+        "evaluate", help="the gate's evaluation of a version on a labelled folder or archive (ai/, real/)"
+    )
+    evl.add_argument("version")
+    evl.add_argument("--data", required=True, help="a folder or .tar.gz laid out as ai/ and real/")
+    evl.add_argument("--out", help="where metrics.json and plots/ go (default: evaluation-VERSION/)")
+    evl.add_argument("--clean-only", action="store_true", help="skip the JPEG and half-size robustness tiers")
+    evl.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    evl.set_defaults(func=_cmd_model_evaluate)
     rbk = mdl.add_parser("rollback", help="point an alias back at its previous version")
     rbk.add_argument("--alias", default="production")
     rbk.add_argument("--reason", default="manual rollback")
@@ -317,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("--max-train-images", type=_positive_int, default=None)
     ret.add_argument("--no-warm-start", action="store_true", help="train from scratch, not from the champion")
     ret.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    ret.add_argument(
+        "--weights",
+        default=None,
+        help="start from: none, imagenet, or a .weights.h5/.keras file (a store key or a local path); "
+        "replaces the warm start (default: the champion, else the preset's default)",
+    )
+    ret.add_argument("--seed", type=int, default=0, help="shuffling, augmentation and initialisation")
     ret.set_defaults(func=_cmd_flow_retrain)
     gat = flw.add_parser("gather-feedback", help="misclassified feedback -> a dataset version")
     gat.add_argument("--dataset", default="feedback")

@@ -29,14 +29,13 @@ from prefect.cache_policies import NO_CACHE
 from aidetect.settings import get_settings
 from flows.common import code_version, lease, store_for
 from model.calibration import apply_temperature, fit_temperature, fit_uncertain_band
-from model.config import ModelConfig, get_config
+from model.config import WEIGHT_SUFFIXES, ModelConfig, default_weights, get_config
 from model.data import ArrayData, ImageSet, list_datasets, load_images, oversample_small_datasets, resolve
-from model.evaluation import evaluate_scores
+from model.evaluation import evaluate_model
 from model.gate import GateConfig, Verdict, judge
 from model.inference import OnnxModel, median_latency_ms
-from model.metrics import binary_metrics
 from model.registry import CANARIES_FILE, KERAS_FILE, ONNX_FILE, Registry
-from model.robustness import TIERS, tier_pixels
+from model.robustness import TIERS
 from storage.layout import TRAINING, new_version_id
 
 INT8_FILE = "model.int8.onnx"
@@ -80,6 +79,30 @@ def load_data(store_url: str | None, refs: list[str], split: str, limit: int | N
     return data
 
 
+BUILTIN_WEIGHTS = ("none", "imagenet", "default")
+
+
+def check_weights(store_url: str | None, weights: str | None) -> None:
+    """Refuse a ``weights`` setting that names no usable file, before anything is trained."""
+    if weights is None or weights in BUILTIN_WEIGHTS:
+        return
+    if not weights.endswith(WEIGHT_SUFFIXES):
+        raise ValueError(f"weights {weights!r}: expected none, imagenet, or a .weights.h5 / .keras file")
+    if not Path(weights).is_file() and not store_for(store_url).exists(weights):
+        raise FileNotFoundError(f"weights {weights!r}: no such file here, and no such key in the store")
+
+
+def local_weights(store_url: str | None, weights: str | None, out_dir: Path) -> str | None:
+    """``weights`` as ``model.train.TrainConfig`` takes it: a store key is downloaded into ``out_dir``."""
+    check_weights(store_url, weights)
+    if weights is None or weights in BUILTIN_WEIGHTS or Path(weights).is_file():
+        return weights
+    target = out_dir / "initial" / Path(weights).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(store_for(store_url).get(weights))
+    return str(target)
+
+
 @task(cache_policy=NO_CACHE)
 def fit(
     config: ModelConfig,
@@ -98,11 +121,14 @@ def fit(
     initial = keras.saving.load_model(initial_keras, compile=False) if initial_keras else None
     if initial is not None:
         logger.info("warm start from %s", initial_keras)
+    settings = {**train_settings, "weights": local_weights(store_url, train_settings.get("weights"), out_dir)}
+    if initial is None:
+        logger.info("initial weights: %s", settings["weights"] or "the architecture's default")
     result = train(
         config,
         train_data,
         val_data,
-        TrainConfig(**train_settings),
+        TrainConfig(**settings),
         initial_model=initial,
         checkpoint_dir=out_dir / "checkpoints",
         store=store_for(store_url),
@@ -301,21 +327,7 @@ def evaluate(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Every metric on the frozen test split (calibrated scores), per dataset and generator and
     ``robustness`` tier, plus ``regression``: the metrics on the held-out feedback."""
-    model = OnnxModel(onnx_path)
-    tiers: dict[str, np.ndarray] = {}
-    for tier in dict.fromkeys(("clean", *robustness)):
-        scores, _ = model.predict(tier_pixels(frozen.images, model.image_size, tier, fit=model.input_fit))
-        tiers[tier] = apply_temperature(scores, temperature)
-    metrics = evaluate_scores(
-        frozen.y, tiers["clean"], beta=beta, groups={"dataset": frozen.dataset, "generator": frozen.generator}
-    )
-    metrics["by_dataset"] = metrics["slices"]["dataset"]
-    metrics["robustness"] = {tier: binary_metrics(frozen.y, p) for tier, p in tiers.items()}
-    metrics["regression"] = None
-    if len(regression):
-        scores, _ = model.predict(regression.decode(model.image_size, model.input_fit).x)
-        metrics["regression"] = binary_metrics(regression.y, apply_temperature(scores, temperature))
-    return metrics, tiers["clean"]
+    return evaluate_model(OnnxModel(onnx_path), frozen, regression, temperature, beta, robustness)
 
 
 @task(cache_policy=NO_CACHE)
@@ -366,15 +378,13 @@ def make_plots(
     champion_scores: np.ndarray | None,
     out_dir: Path,
 ) -> dict[str, Path]:
-    from model.plots import plot_confusion_matrix, plot_reliability, plot_roc, plot_training_curves
+    from model.plots import evaluation_plots, plot_training_curves
 
     out_dir.mkdir(parents=True, exist_ok=True)
     others = {"champion": (test.y, champion_scores)} if champion_scores is not None else None
     return {
         "training_curves.png": plot_training_curves(trained.history, out_dir / "training_curves.png"),
-        "confusion_matrix.png": plot_confusion_matrix(metrics["confusion"], out_dir / "confusion_matrix.png"),
-        "roc.png": plot_roc(test.y, scores, out_dir / "roc.png", label="challenger", others=others),
-        "reliability.png": plot_reliability(test.y, scores, out_dir / "reliability.png"),
+        **evaluation_plots(test.y, scores, metrics, out_dir, label="challenger", others=others),
     }
 
 
@@ -461,6 +471,8 @@ def retrain(
     beta: float | None = None,
     augment: bool = True,
     patience: int = 3,
+    seed: int = 0,
+    weights: str | None = None,
     max_train_images: int | None = None,
     min_dataset_share: float = 0.1,
     warm_start: bool = True,
@@ -484,8 +496,13 @@ def retrain(
     """Train a challenger on base data + feedback, judge it on the same test data as the
     champion, register it with its verdict and, if blessed, move the alias.
 
-    ``gate``: any of ``model.gate.GateConfig``'s thresholds (``max_accuracy_drop`` and
-    ``min_accuracy`` are also parameters of their own). ``train_deployment``: run
+    ``weights`` is where a model trained from scratch starts: None (the architecture's default:
+    ImageNet for the EfficientNet-Lite presets, random init otherwise), ``none``, ``imagenet``,
+    or a ``.weights.h5`` / ``.keras`` file of the architecture, as a key in the store or a local
+    path; given explicitly, it replaces the warm start from the champion. ``seed`` fixes the
+    shuffling, augmentation and initialisation (the same seed on the same machine gives the same
+    model; another machine's floating point may not). ``gate``: any of ``model.gate.GateConfig``'s
+    thresholds (``max_accuracy_drop`` and ``min_accuracy`` are also parameters of their own). ``train_deployment``: run
     ``train-model`` as that deployment (e.g. ``train-model/gpu``) and wait for it, or on
     ``fallback_deployment`` when the first one's work pool has no online worker; without
     it, ``train-model`` runs in this process. ``reason`` (what started the run: the
@@ -514,6 +531,8 @@ def retrain(
                 "beta": beta,
                 "augment": {} if augment else None,
                 "patience": patience,
+                "seed": seed,
+                "weights": weights,
             },
             max_train_images=max_train_images,
             min_dataset_share=min_dataset_share,
@@ -565,8 +584,15 @@ def _retrain(
     refs = resolve_datasets(store_url, datasets)
     champion = fetch_champion(store_url, alias, run_dir)
     config = get_config(architecture, **({"image_size": image_size} if image_size else {}))
+    check_weights(store_url, train_settings.get("weights"))
     warm = None
-    if warm_start and champion and ModelConfig.from_dict(champion["metadata"]["config"]) == config:
+    if (
+        warm_start
+        and train_settings.get("weights") is None
+        and champion
+        and champion["metadata"].get("config")  # an outside model (aidetect model register) has none
+        and ModelConfig.from_dict(champion["metadata"]["config"]) == config
+    ):
         warm = champion["version"]
     # Fine-tuning the champion at the from-scratch rate would undo much of what it knows.
     train_settings = {
@@ -645,6 +671,10 @@ def _retrain(
         "test_datasets": test_refs or [r for r in refs if r.partition("@")[0] != feedback_dataset],
         "parent_version": champion["version"] if champion else None,
         "warm_started_from": warm,
+        # where training started: the champion (warm start), or the weights setting as resolved
+        "initial_weights": f"warm start from {warm}"
+        if warm
+        else str(train_settings.get("weights") or default_weights(config) or "none"),
         "training_run": run_id,
         "trigger": reason,
         "train": {

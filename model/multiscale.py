@@ -33,7 +33,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from model.architectures import EXTRACTOR, HEAD, build_model, tile_size
+from model.architectures import EXTRACTOR, HEAD, build_model, resolve_weights, tile_size
 from model.config import ModelConfig
 from model.data import ArrayData, ImageSet
 from model.loss import FairnessBCE
@@ -230,7 +230,8 @@ def train_multiscale(
         raise ValueError("no validation images")
     keras.utils.set_random_seed(settings.seed)
     started = time.perf_counter()
-    model = initial_model if initial_model is not None else build_model(config, weights="imagenet")
+    weights = resolve_weights(config, settings.weights)
+    model = initial_model if initial_model is not None else build_model(config, weights)
     cache = FeatureCache(store, extractor_id(model, config))
     train_rows = tile_features(model, config, train_data, cache, log=log, workers=settings.workers)
     val_rows = tile_features(model, config, val_data, cache, log=log, workers=settings.workers)

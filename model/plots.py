@@ -153,3 +153,20 @@ def plot_reliability(y_true: Any, p_ai: Any, path: Path, bins: int = 10) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def evaluation_plots(
+    y_true: Any,
+    p_ai: Any,
+    metrics: dict[str, Any],
+    out_dir: Path,
+    label: str = "model",
+    others: dict[str, tuple[Any, Any]] | None = None,
+) -> dict[str, Path]:
+    """The evaluation's pictures (confusion matrix, ROC, reliability) in ``out_dir``, by file name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "confusion_matrix.png": plot_confusion_matrix(metrics["confusion"], out_dir / "confusion_matrix.png"),
+        "roc.png": plot_roc(y_true, p_ai, out_dir / "roc.png", label=label, others=others),
+        "reliability.png": plot_reliability(y_true, p_ai, out_dir / "reliability.png"),
+    }

@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from model.architectures import build_model
+from model.architectures import build_model, resolve_weights
 from model.augment import AugmentConfig, augment
 from model.config import ModelConfig
 from model.data import ArrayData, ImageSet
@@ -41,6 +41,9 @@ class TrainConfig:
     alpha: float = 0.1
     beta: float | None = None  # None: the training set's AI share
     seed: int = 0
+    # None: the architecture's default (model.architectures.resolve_weights); "none"; "imagenet";
+    # or a local .weights.h5 / .keras file of this architecture. Ignored when fine-tuning a model.
+    weights: str | None = None
     augment: dict[str, Any] | None = field(default_factory=dict)  # AugmentConfig fields; None: off
     patience: int = 3  # early stopping: epochs without a better validation F1
     precision: str = "float32"  # or "mixed_bfloat16" / "mixed_float16" (test before relying on it)
@@ -241,7 +244,10 @@ def _train(
         model = keras.saving.load_model(checkpoint_dir / CHECKPOINT)
         log(f"resuming from {checkpoint_dir} after epoch {state['epochs_done']}")
     else:
-        model = initial_model if initial_model is not None else build_model(config)
+        if initial_model is None:
+            model = build_model(config, resolve_weights(config, settings.weights))
+        else:
+            model = initial_model
         steps = math.ceil(len(train_data) / settings.batch_size) * settings.epochs
         warmup = int(steps * settings.warmup_share)
         schedule = keras.optimizers.schedules.CosineDecay(

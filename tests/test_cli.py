@@ -127,3 +127,61 @@ def test_predict_scores_files_with_the_registry_model(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
     unknown = predict(*files, "--version", "no-such-version")
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+
+
+def test_model_evaluate_runs_the_gates_evaluation_on_a_labelled_folder(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from model.registry import Registry
+    from storage import LocalStore
+    from tests.serving.onnx_models import mean_brightness_model
+    from tests.serving.test_hardening import register_onnx
+
+    store = LocalStore(tmp_path / "store")
+    env = {**os.environ, "AIDETECT_HOME": str(tmp_path / "home"), "AIDETECT_STORE_URL": str(store.root)}
+
+    def evaluate(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "aidetect.cli", "model", "evaluate", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+    # P(ai) is the mean brightness: 4 bright ai images, 1 dark one (missed), 4 dark real ones
+    data = tmp_path / "labelled"
+    values = {"ai": [200, 215, 230, 245, 20], "real": [10, 30, 50, 70]}
+    for label, levels in values.items():
+        (data / label).mkdir(parents=True)
+        for level in levels:
+            Image.fromarray(np.full((40, 56, 3), level, np.uint8)).save(data / label / f"{level}.png")
+    (data / "real" / "junk.jpg").write_bytes(b"not an image")
+    version = register_onnx(Registry(store), mean_brightness_model(tmp_path / "mean.onnx"), train={"beta": 0.5})
+
+    out = tmp_path / "report"
+    result = evaluate(version, "--data", str(data), "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == json.loads((out / "metrics.json").read_text())
+    metrics = report["metrics"]
+    assert report["images"] == 9 and metrics["n"] == 9
+    assert metrics["accuracy"] == 8 / 9 and metrics["recall_ai"] == 4 / 5 and metrics["recall_real"] == 1.0
+    assert metrics["confusion"] == {"tp": 4, "fn": 1, "fp": 0, "tn": 4}
+    assert set(metrics["robustness"]) == {"clean", "jpeg_q50_75", "half_size"}  # the gate's tiers
+    assert [s["file"] for s in report["skipped"]] == ["real/junk.jpg"]
+    for name in ("confusion_matrix.png", "roc.png", "reliability.png"):
+        assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG", name
+
+    table = evaluate(version, "--data", str(data), "--out", str(out), "--clean-only")
+    assert table.returncode == 0, table.stderr
+    assert "accuracy   " in table.stdout and "0.8889" in table.stdout and "recall_ai" in table.stdout
+    assert "jpeg" not in table.stdout
+
+    empty = tmp_path / "empty"
+    (empty / "ai").mkdir(parents=True)
+    for args, words in (
+        ((version, "--data", str(tmp_path / "nowhere")), "no such file or folder"),
+        (("no-such-version", "--data", str(data)), "no model version 'no-such-version'"),
+        ((version, "--data", str(empty)), "no images under ai/ or real/"),
+    ):
+        failed = evaluate(*args, "--out", str(out))
+        assert failed.returncode == 2 and words in failed.stderr and "Traceback" not in failed.stderr, failed.stderr

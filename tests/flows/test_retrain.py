@@ -93,3 +93,52 @@ def test_one_retrain_at_a_time(tmp_path: Path, prefect_api: None) -> None:
     with lease(store, "retrain", holder="me", ttl_seconds=60):
         assert json.loads(store.get("locks/retrain.json"))["holder"] == "me"
     assert not store.exists("locks/retrain.json")
+
+
+def test_weights_from_the_store_are_where_training_starts_and_bad_weights_are_refused(
+    tmp_path: Path, cifake_folder: Path, prefect_api: None
+) -> None:
+    import keras
+    import numpy as np
+
+    from flows.retrain import retrain
+    from model.architectures import build_model
+    from model.config import get_config
+
+    store = LocalStore(tmp_path / "store")
+    url = str(store.root)
+    import_dataset(store, cifake_folder, "cifake")
+    keras.utils.set_random_seed(123)
+    start = build_model(get_config("tiny"))
+    start.save_weights(tmp_path / "start.weights.h5")
+    store.put("weights/start.weights.h5", (tmp_path / "start.weights.h5").read_bytes())
+
+    # learning rate 0: the trained model's parameters are the file's (BatchNorm's running
+    # statistics still move, so only the trainable ones are compared)
+    result = retrain(
+        datasets=["cifake"],
+        weights="weights/start.weights.h5",
+        learning_rate=0.0,
+        epochs=1,
+        batch_size=32,
+        augment=False,
+        max_train_images=128,
+        reference_images=300,
+        gate={"min_accuracy": 0.0, "min_class_recall": 0.0, "max_mean_shift": 1.0, "max_ece": 1.0},
+        store_url=url,
+    )
+    registry = Registry(store)
+    meta = registry.metadata(result["version"])
+    assert meta["initial_weights"] == "weights/start.weights.h5" and meta["warm_started_from"] is None
+    assert meta["train"]["weights"] == "weights/start.weights.h5"
+    trained = keras.saving.load_model(registry.download(result["version"], "model.keras", tmp_path / "m.keras"))
+    assert len(trained.trainable_weights) == len(start.trainable_weights)
+    for ours, theirs in zip(trained.trainable_weights, start.trainable_weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+    before = _registry_state(store)
+    with pytest.raises(FileNotFoundError, match="no such key in the store"):
+        retrain(datasets=["cifake"], weights="weights/missing.weights.h5", store_url=url)
+    with pytest.raises(ValueError, match="expected none, imagenet, or a .weights.h5 / .keras file"):
+        retrain(datasets=["cifake"], weights="weights/start.txt", store_url=url)
+    assert _registry_state(store) == before  # refused before anything was trained or registered
