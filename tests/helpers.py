@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# The ECE bar for tests that train a short run and need the gate to bless it: ECE on a ~140-image
+# test split ran 0.038-0.101 over five seeds (bench/test_margins.py), against the gate's default 0.1.
+LOOSE_ECE = 0.3
+
 
 def shared_data(name: str) -> Path:
     """A file of ../shared/data: fails loudly in CI when absent, skips with a message elsewhere."""

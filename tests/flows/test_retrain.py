@@ -12,8 +12,15 @@ import pytest
 from model.data import import_dataset
 from model.registry import Registry
 from storage import LocalStore
+from tests.helpers import LOOSE_ECE
 
-EPOCHS = {"epochs": 2, "batch_size": 32, "augment": False, "reference_images": 300}
+# Measured with bench/test_margins.py --scenario retrain-gate --epochs 4 (5 seeds): the first model
+# lands at accuracy 0.80-0.88 (floor 0.6), recall 0.75-0.89 per class (floor 0.5), |mean - beta|
+# <= 0.061 (bound 0.15), ECE 0.038-0.101; the flipped one at accuracy <= 0.19, recall <= 0.22.
+# At 2 epochs a fresh-clone run landed at recall 0.33 (validation recall ran 0.38-0.75 over seeds).
+# ECE on 143 test images crossed the default 0.1 in one seed of five: the bar here is LOOSE_ECE
+# (the ECE rule has its own tests in tests/model/test_gate_metrics.py).
+EPOCHS = {"epochs": 4, "batch_size": 32, "augment": False, "reference_images": 300, "gate": {"max_ece": LOOSE_ECE}}
 
 
 def _flipped(folder: Path, dest: Path) -> Path:
