@@ -109,12 +109,12 @@ def test_features_are_computed_once_per_image_and_kept_in_the_store(tmp_path: Pa
     assert extractor_id(other, config) != extractor_id(model, config)
 
 
-# Measured with the same model code on 4,000 CIFAKE images and 4 splits: held-out accuracy
-# v1 0.40-0.65 -> v2 0.95-1.00, CIFAKE test accuracy of v1 and v2 equal. At this test's 300
-# images all 5 splits passed in two fresh-clone runs (their values are not printed; the bar,
-# 0.75, sits four held-out images under the lowest v2 measured). The features are
-# deterministic (frozen backbone) and the head training seeded.
-HELD_OUT_BAR = 0.75
+# Measured at this test's size (pytest -rP prints each split): held-out accuracy (20 images per
+# split) v1 0.30-0.60 -> v2 1.00, 0.90, 1.00, 0.80, 1.00 over splits 0-4; CIFAKE test accuracy
+# 0.977 before and after in every split. The bar sits three held-out images under the lowest v2
+# and above every v1. On 4,000 CIFAKE images and 4 splits: v1 0.40-0.65 -> v2 0.95-1.00. The
+# features are deterministic (frozen backbone) and the head training seeded.
+HELD_OUT_BAR = 0.65
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,9 @@ def test_feedback_on_a_new_generator_fixes_images_nobody_reported(
         base.generator + feedback.generator,
     )
     v2 = train(config, both, val, settings, initial_model=v1, store=store, log=lambda _: None).model
-    after = accuracy(v2, pixels[held], y[held])
+    after, cifake_after = accuracy(v2, pixels[held], y[held]), accuracy(v2, test.x, test.y)
+    # pytest -rP shows these: the margins over the five splits
+    print(f"split {split}: held-out {before:.3f} -> {after:.3f}, CIFAKE test {cifake_before:.3f} -> {cifake_after:.3f}")
     assert after >= HELD_OUT_BAR, f"held-out accuracy {before:.2f} -> {after:.2f}"
     assert after > before
-    assert accuracy(v2, test.x, test.y) == pytest.approx(cifake_before, abs=0.01)  # the gate keeps CIFAKE images
+    assert cifake_after == pytest.approx(cifake_before, abs=0.01)  # the gate keeps CIFAKE images
