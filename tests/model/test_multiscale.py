@@ -73,6 +73,22 @@ def test_the_exported_graph_says_how_to_feed_it(tmp_path: Path) -> None:
     assert onnx_model.input_fit == "mosaic" and onnx_model.image_size == 128
     pixels = np.stack([to_model_input(_photo(300, 200, seed=s), 128, "mosaic") for s in range(3)])
     assert check_parity(model, onnx_model, pixels) <= 1e-4
+
+    # INT8: the input stage (normalisation, noise residual) stays float32, the backbone is quantised
+    import onnx
+
+    from model.export import FLOAT_LAYERS, quantize_int8
+
+    int8 = quantize_int8(onnx_model.path, tmp_path / "m.int8.onnx", pixels)
+    graph = onnx.load(str(int8)).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    stage = [n for n in graph.node if any(w in n.name for w in FLOAT_LAYERS)]
+    assert {n.op_type for n in stage} >= {"Mul", "Add", "Conv"}  # normalise; the residual's mean filter
+    for node in stage:
+        assert not any(producers.get(i) and producers[i].op_type == "DequantizeLinear" for i in node.input), node.name
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10  # and the rest is quantised
+    scores, _ = OnnxModel(int8).predict(pixels)
+    assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-6)
