@@ -692,6 +692,11 @@ def _retrain(
             "file": INT8_FILE,
             "test_accuracy": int8_metrics["accuracy"],
             "accuracy_change": int8_metrics["accuracy"] - challenger_metrics["accuracy"],
+            # the held-out feedback too: the frozen split alone hid INT8 losing a new generator
+            "regression_accuracy_change": int8_metrics["regression"]["accuracy"]
+            - challenger_metrics["regression"]["accuracy"]
+            if int8_metrics["regression"] and challenger_metrics["regression"]
+            else None,
         },
         "file_sizes": {name: path.stat().st_size for name, path in files.items() if isinstance(path, Path)},
         "parity_max_abs_diff": exported.parity,

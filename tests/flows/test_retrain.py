@@ -60,6 +60,7 @@ def test_gate_rejects_a_label_flipped_challenger_and_a_crash_changes_nothing(
     # the reference features for monitor-drift travel with the model
     assert store.exists(f"models/{champion}/reference.parquet")
     assert meta["metrics"]["latency_ms"] > 0
+    assert meta["int8"]["test_accuracy"] > 0 and meta["int8"]["regression_accuracy_change"] is None  # none held out
 
     # trained on flipped labels, judged on the same frozen cifake test split as the champion
     flipped = retrain(datasets=["flipped"], test_datasets=["cifake"], warm_start=False, store_url=url, **EPOCHS)
