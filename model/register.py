@@ -59,7 +59,7 @@ def _open_onnx(path: Path, source: str) -> OnnxModel:
         raise ContractError(f"{source}: onnxruntime cannot load it: {exc}") from None
 
 
-def _from_keras(path: Path, input_fit: str, work: Path) -> tuple[Path, dict[str, np.ndarray], float]:
+def _from_keras(path: Path, input_fit: str, work: Path) -> tuple[OnnxModel, dict[str, np.ndarray], float]:
     import importlib
 
     import keras
@@ -92,7 +92,7 @@ def _from_keras(path: Path, input_fit: str, work: Path) -> tuple[Path, dict[str,
         parity = check_parity(network, onnx_model, inputs, PARITY_TOLERANCE)
     except ParityError as exc:
         raise ContractError(f"{path.name}: {exc}") from None
-    return onnx_path, {"inputs": inputs, "expected": expected}, parity
+    return onnx_model, {"inputs": inputs, "expected": expected}, parity
 
 
 def register_model_file(
@@ -121,7 +121,7 @@ def register_model_file(
         work = Path(tmp)
         files: dict[str, Path | bytes] = {}
         if path.name.endswith(".keras"):
-            onnx_path, canaries, parity = _from_keras(path, input_fit or "resize", work)
+            model, canaries, parity = _from_keras(path, input_fit or "resize", work)
             files[KERAS_FILE] = data
             kind: str = "keras"
             parity_value: float | None = parity
@@ -134,19 +134,17 @@ def register_model_file(
                 raise ContractError(
                     f"{path.name}: the file says its input fit is {model.input_fit!r}, not {input_fit!r}"
                 )
-            inputs = synthetic_inputs(model.image_size)
-            scores, _ = model.predict(inputs)
-            canaries = {"inputs": inputs, "expected": scores.astype(np.float32)}
+            canaries = {"inputs": synthetic_inputs(model.image_size)}
         else:
             raise ContractError(f"{path.name}: expected a .onnx or .keras file")
-        model = _open_onnx(onnx_path, path.name)
         scores, embeddings = model.predict(canaries["inputs"])
         _check_scores(scores, len(canaries["inputs"]), path.name)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(scores):
             raise ContractError(f"{path.name}: the embedding output has shape {embeddings.shape}; expected (batch, d)")
+        canaries.setdefault("expected", scores.astype(np.float32))  # an ONNX file's own outputs
         buffer = io.BytesIO()
         np.savez_compressed(buffer, inputs=canaries["inputs"], expected=canaries["expected"])
-        files[ONNX_FILE] = onnx_path.read_bytes()
+        files[ONNX_FILE] = model.path.read_bytes()
         files[CANARIES_FILE] = buffer.getvalue()
         metadata: dict[str, Any] = {
             "input_size": model.image_size,
