@@ -270,7 +270,15 @@ def export_and_check(trained: TrainedModel, val_data: ArrayData, out_dir: Path) 
     """ONNX export, graph optimisation, Keras-vs-ONNX parity, canaries, the INT8 variant."""
     import keras
 
-    from model.export import PARITY_TOLERANCE, check_parity, export_onnx, make_canaries, optimize_onnx, quantize_int8
+    from model.export import (
+        PARITY_TOLERANCE,
+        calibration_sample,
+        check_parity,
+        export_onnx,
+        make_canaries,
+        optimize_onnx,
+        quantize_int8,
+    )
     from model.inference import check_canaries
 
     logger = get_run_logger()
@@ -278,12 +286,13 @@ def export_and_check(trained: TrainedModel, val_data: ArrayData, out_dir: Path) 
     raw = export_onnx(model, out_dir / "exported.onnx", input_fit=trained.config.input_fit)
     path = optimize_onnx(raw, out_dir / ONNX_FILE)
     onnx_model = OnnxModel(path)
-    sample = val_data.x[: min(len(val_data), 64)]
-    canaries = make_canaries(model, val_data.x[:8])
+    # every dataset's images (the feedback's photos too, not only the base data's thumbnails)
+    spread = calibration_sample(val_data.dataset, val_data.y, 256 if trained.config.image_size <= 64 else 32)
+    sample = val_data.x[spread[:64]]
+    canaries = make_canaries(model, val_data.x[spread[:8]])
     diff = max(check_parity(model, onnx_model, sample), check_canaries(onnx_model, canaries, PARITY_TOLERANCE))
     logger.info("exported %s: Keras vs ONNX max |diff| = %.2e on %d images + canaries", path.name, diff, len(sample))
-    # The calibrator holds every intermediate tensor of every image: 0.4 GB per 448-px mosaic.
-    int8 = quantize_int8(path, out_dir / INT8_FILE, val_data.x[: 256 if trained.config.image_size <= 64 else 8])
+    int8 = quantize_int8(path, out_dir / INT8_FILE, val_data.x[spread])
     # INT8 scores move by up to a few hundredths: serving checks that file against its own outputs
     canaries["expected_int8"], _ = OnnxModel(int8).predict(canaries["inputs"])
     return Exported(path, int8, diff, canaries)
@@ -294,7 +303,7 @@ def calibrate(
     onnx_path: Path, val_data: ArrayData, target_accuracy: float, max_uncertain_share: float
 ) -> dict[str, Any]:
     """Temperature scaling and the ``uncertain`` band, both fitted on validation."""
-    scores, _ = OnnxModel(onnx_path).predict(val_data.x)
+    scores, _ = OnnxModel(onnx_path, tile_shortcut=True).predict(val_data.x)
     temperature = fit_temperature(val_data.y, scores)
     calibrated = apply_temperature(scores, temperature)
     band = fit_uncertain_band(val_data.y, calibrated, target_accuracy, max_uncertain_share)
@@ -327,7 +336,8 @@ def evaluate(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Every metric on the frozen test split (calibrated scores), per dataset and generator and
     ``robustness`` tier, plus ``regression``: the metrics on the held-out feedback."""
-    return evaluate_model(OnnxModel(onnx_path), frozen, regression, temperature, beta, robustness)
+    model = OnnxModel(onnx_path, tile_shortcut=True)  # thumbnails scored as one tile: the same numbers
+    return evaluate_model(model, frozen, regression, temperature, beta, robustness)
 
 
 @task(cache_policy=NO_CACHE)

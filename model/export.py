@@ -97,12 +97,14 @@ def optimize_onnx(source: Path, target: Path) -> Path:
     return target
 
 
-# Layers whose ONNX nodes stay in float32: the input stage, elementwise work on every input pixel
-# (normalisation, the noise residual). Quantised, onnxruntime ran them as QLinearAdd/QLinearMul at
+# Layers whose ONNX nodes stay in float32. The input stage, elementwise work on every input pixel
+# (normalisation, the noise residual): quantised, onnxruntime ran them as QLinearAdd/QLinearMul at
 # 24 ms of a 77 ms 448-px mosaic (FP32: 3 ms), and a uint8 noise residual loses the very traces
-# it is there for. Substrings of node names: tf2onnx names nodes by Keras layer
-# (model.architectures: "normalize", "lite_normalize", "residual"; not the "pool_residual_*" pooling).
-FLOAT_LAYERS = ("normalize", "/residual_")
+# it is there for. And the multiscale head: next to no compute, and its standardisation scales
+# features up, rounding errors with them. Substrings of node names: tf2onnx names nodes by Keras
+# layer (model.architectures: "normalize", "lite_normalize", "residual", the "head" model; not
+# the "pool_residual_*" pooling nor EfficientNet-Lite's "lite_head_relu").
+FLOAT_LAYERS = ("normalize", "/residual_", "/head_")
 
 
 def float_nodes(path: Path) -> list[str]:
@@ -112,26 +114,65 @@ def float_nodes(path: Path) -> list[str]:
     return [n.name for n in onnx.load(str(path)).graph.node if any(w in n.name for w in FLOAT_LAYERS)]
 
 
+# Images the INT8 calibration runs per pass for large inputs: onnxruntime's calibrator keeps every
+# intermediate tensor of every image of a pass (about 0.4 GB per 448-px mosaic), and merges the
+# passes' ranges (min of the minima, max of the maxima).
+CALIBRATION_PASS_PIXELS = 4 * 448 * 448
+
+
+def calibration_sample(datasets: list[str], y: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """Indices of up to ``count`` images for INT8 calibration, spread over (dataset, label) groups.
+
+    Round-robin over the groups (each shuffled with ``seed``), so a few hundred thumbnails of
+    the base data cannot crowd out the feedback's photos: activation ranges calibrated on
+    32-px thumbnails alone clipped what large photos produce (newgen accuracy 100% -> 50%).
+    In round-robin order: any prefix is spread too.
+    """
+    labels = np.asarray(y).reshape(-1) >= 0.5
+    if len(datasets) != len(labels):
+        raise ValueError(f"{len(datasets)} datasets for {len(labels)} labels")
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i, key in enumerate(zip(datasets, labels.tolist(), strict=True)):
+        groups.setdefault(key, []).append(i)
+    queues = [list(rng.permutation(groups[key])) for key in sorted(groups)]
+    chosen: list[int] = []
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(int(queue.pop(0)))
+    return np.array(chosen, dtype=np.int64)
+
+
 def quantize_int8(source: Path, target: Path, calibration: np.ndarray, batch_size: int | None = None) -> Path:
     """Static INT8 quantisation (QDQ), activation ranges calibrated on real images; the input
     stage (``FLOAT_LAYERS``) stays in float32.
 
     Static rather than dynamic: dynamic quantisation of convolutions runs ConvInteger,
-    which was slower than FP32 on CPU here. The calibrator keeps every intermediate tensor of
-    every calibration image until the end (about 0.4 GB per 448-px mosaic: 48 of them took
-    19 GB), so large inputs are calibrated on a few images (``flows.retrain`` passes 8).
+    which was slower than FP32 on CPU here. Large inputs are calibrated in passes of
+    ``CALIBRATION_PASS_PIXELS`` (the calibrator holds a pass's every intermediate tensor),
+    whose ranges onnxruntime merges.
     """
     from model.inference import BATCH_PIXELS
 
     side = int(calibration.shape[1]) if calibration.ndim == 4 else 1
-    step = batch_size or max(1, min(16, BATCH_PIXELS // (side * side)))
+    step = batch_size or max(1, min(16, BATCH_PIXELS // (side * side), CALIBRATION_PASS_PIXELS // (side * side)))
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    batches = [{"pixels": calibration[i : i + step]} for i in range(0, len(calibration), step)]
+    # onnxruntime's strided calibration: a pass of `stride` batches at a time (the count must divide)
+    per_pass = max(1, CALIBRATION_PASS_PIXELS // (side * side * step))
+    stride = max(k for k in range(1, min(per_pass, len(batches)) + 1) if len(batches) % k == 0)
 
     class _Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self.batches = iter(
-                [{"pixels": calibration[i : i + step]} for i in range(0, len(calibration), step)]
-            )
+            self.set_range(0, len(batches))
+
+        def __len__(self) -> int:
+            return len(batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.batches = iter(batches[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -144,6 +185,7 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray, batch_siz
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=float_nodes(source),
+        extra_options={"CalibStridedMinMax": stride} if stride < len(batches) else {},
     )
     _set_metadata(target, _metadata(source))
     return target

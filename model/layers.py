@@ -308,6 +308,10 @@ class ExpertMix(layers.Layer):
         return input_shape[0]
 
 
+# Standardize's floor on a column's std, as a share of the median column's (see set_statistics).
+STD_FLOOR = 0.1
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Standardize(layers.Layer):
     """(x - mean) * scale with non-trainable statistics, set by ``set_statistics`` from data.
@@ -322,11 +326,19 @@ class Standardize(layers.Layer):
         self.scale = self.add_weight(name="scale", shape=(dims,), initializer="ones", trainable=False)
         super().build(input_shape)
 
-    def set_statistics(self, x: np.ndarray, epsilon: float = 1e-6) -> None:
-        """The mean and 1/std of each column of ``x``."""
+    def set_statistics(self, x: np.ndarray, floor: float = STD_FLOOR, epsilon: float = 1e-6) -> None:
+        """The mean of each column of ``x``, and 1 / its std, the std floored at ``floor`` times
+        the median std of the columns.
+
+        Without the floor a column that barely varies in ``x`` (a residual feature on 32-px
+        thumbnails) is scaled up a thousandfold, and any small change of it on other images,
+        or its INT8 rounding, swings the unit's output.
+        """
         x = np.asarray(x, np.float64)
+        std = x.std(axis=0)
+        lowest = max(floor * float(np.median(std)), epsilon)
         self.mean.assign(x.mean(axis=0).astype("float32"))
-        self.scale.assign((1.0 / np.sqrt(x.var(axis=0) + epsilon)).astype("float32"))
+        self.scale.assign((1.0 / np.maximum(std, lowest)).astype("float32"))
 
     def call(self, inputs: Any) -> Any:
         return (ops.cast(inputs, self.compute_dtype) - self.mean) * self.scale

@@ -74,21 +74,42 @@ def test_the_exported_graph_says_how_to_feed_it(tmp_path: Path) -> None:
     pixels = np.stack([to_model_input(_photo(300, 200, seed=s), 128, "mosaic") for s in range(3)])
     assert check_parity(model, onnx_model, pixels) <= 1e-4
 
-    # INT8: the input stage (normalisation, noise residual) stays float32, the backbone is quantised
+    # INT8: the input stage (normalisation, noise residual) and the head stay float32, the backbone
+    # is quantised
     import onnx
 
     from model.export import FLOAT_LAYERS, quantize_int8
 
+    assert FLOAT_LAYERS == ("normalize", "/residual_", "/head_")
     int8 = quantize_int8(onnx_model.path, tmp_path / "m.int8.onnx", pixels)
     graph = onnx.load(str(int8)).graph
     producers = {out: node for node in graph.node for out in node.output}
-    stage = [n for n in graph.node if any(w in n.name for w in FLOAT_LAYERS)]
+
+    def dequantized(name: str) -> bool:
+        return name in producers and producers[name].op_type == "DequantizeLinear"
+
+    stage = [n for n in graph.node if any(w in n.name for w in FLOAT_LAYERS[:2])]
     assert {n.op_type for n in stage} >= {"Mul", "Add", "Conv"}  # normalise; the residual's mean filter
     for node in stage:
-        assert not any(producers.get(i) and producers[i].op_type == "DequantizeLinear" for i in node.input), node.name
+        assert not any(dequantized(i) for i in node.input), node.name
+    head = [n for n in graph.node if "/head_" in n.name and n.op_type in ("MatMul", "Gemm")]
+    assert len(head) == 3  # gate, expert, base: their weights are float32, not dequantised int8
+    assert not any(dequantized(n.input[1]) for n in head)
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10  # and the rest is quantised
     scores, _ = OnnxModel(int8).predict(pixels)
     assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+
+    # The gate's shortcut: a thumbnail's mosaic (one tile four times) is scored as that one tile,
+    # with the same numbers, in FP32 and INT8, whatever the order of thumbnails and photos.
+    thumbs = np.stack([to_model_input(_photo(32, 32, seed=s), 128, "mosaic") for s in (5, 6)])
+    mixed = np.concatenate([pixels[:1], thumbs, pixels[1:]])
+    for path in (onnx_model.path, int8):
+        full, fast = OnnxModel(path), OnnxModel(path, tile_shortcut=True)
+        assert full.tiles is None and fast.tiles is not None
+        (p_full, e_full), (p_fast, e_fast) = full.predict(mixed), fast.predict(mixed)
+        np.testing.assert_allclose(p_fast, p_full, atol=1e-6)
+        np.testing.assert_allclose(e_fast, e_full, atol=1e-6)
+        assert e_full.std(axis=0).max() > 1e-3  # the embeddings differ by image: a real comparison
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-6)
@@ -184,3 +205,20 @@ def test_feedback_on_a_new_generator_fixes_images_nobody_reported(
     assert after >= HELD_OUT_BAR, f"held-out accuracy {before:.2f} -> {after:.2f}"
     assert after > before
     assert cifake_after == pytest.approx(cifake_before, abs=0.01)  # the gate keeps CIFAKE images
+
+
+def test_standardize_floors_a_column_that_barely_varies() -> None:
+    from model.layers import STD_FLOOR, Standardize
+
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(3, 1.0, 500), rng.normal(0, 2.0, 500), np.full(500, 0.25), rng.normal(1, 1e-4, 500)], 1)
+    layer = Standardize()
+    layer.build((None, 4))
+    layer.set_statistics(x)
+    scale = np.asarray(layer.scale)
+    median_std = float(np.median(x.std(axis=0)))
+    np.testing.assert_allclose(scale[:2], 1 / x.std(axis=0)[:2], rtol=1e-5)  # ordinary columns: 1 / std
+    np.testing.assert_allclose(scale[2:], 1 / (STD_FLOOR * median_std), rtol=1e-5)  # constant and near-constant
+    out = np.asarray(layer(x.astype(np.float32)))
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-4)
+    assert np.abs(out[:, 3]).max() < 1e-2  # a 1e-4 wobble stays small instead of becoming unit-sized
