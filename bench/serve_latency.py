@@ -17,7 +17,7 @@ Also: (a) on full batches of 16, the ceiling any batching can reach on this CPU.
 The load generator runs in this process on the same cores as the servers: the HTTP numbers
 include its cost, for (b) and (c) alike. Prints one JSON object.
 
-    .venv/bin/python bench/serve_latency.py [--architecture effnet-b0-swin] [--rounds 3]
+    .venv/bin/python bench/serve_latency.py [--architecture effnet-lite0-multiscale] [--upload-side 512] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -150,11 +150,13 @@ def keras_predict(keras_path: Path, image_path: Path, plan: list[tuple[int, int]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--architecture", default="effnet-b0-swin")
+    from model.config import DEFAULT_ARCHITECTURE
+
+    parser.add_argument("--architecture", default=DEFAULT_ARCHITECTURE)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=64, help="requests per level at concurrency 1 (x4 at 8, 32)")
     parser.add_argument("--skip-keras", action="store_true")
-    parser.add_argument("--upload-side", type=int, default=None, help="side of the uploaded JPEG (default: input)")
+    parser.add_argument("--upload-side", type=int, default=512, help="side of the uploaded JPEG (0: the input size)")
     args = parser.parse_args()
     plan = [(c, args.requests if c == 1 else args.requests * 4) for c in LEVELS]
 
@@ -163,7 +165,7 @@ def main() -> None:
         print(f"exporting {args.architecture} ...", file=sys.stderr, flush=True)
         size = export_model(args.architecture, tmp / "model")
         register(tmp / "store", tmp / "model", size)
-        image = test_image(args.upload_side or size)
+        image = test_image(args.upload_side or size)  # 512 px: the size of newgen-dev's images
         (tmp / "image.jpg").write_bytes(image)
         env = {
             "AIDETECT_HOME": str(tmp / "home"),

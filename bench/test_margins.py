@@ -63,7 +63,7 @@ def retrain_gate(seed: int, work: Path, cifake: Path, epochs: int) -> dict[str, 
     store = LocalStore(work / "store")
     import_dataset(store, cifake, "cifake")
     import_dataset(store, _flipped(cifake, work / "flipped"), "flipped")
-    settings = {"epochs": epochs, "batch_size": 32, "augment": False, "reference_images": 300, "seed": seed}
+    settings = {"architecture": "tiny", "epochs": epochs, "batch_size": 32, "augment": False, "reference_images": 300, "seed": seed}
     first = retrain(datasets=["cifake"], warm_start=False, store_url=str(store.root), **settings)
     flipped = retrain(
         datasets=["flipped"], test_datasets=["cifake"], warm_start=False, store_url=str(store.root), **settings
@@ -86,6 +86,7 @@ def loop(seed: int, work: Path, cifake: Path, newgen: Path, epochs: int) -> dict
     url = str(store.root)
     first = retrain(
         datasets=["cifake"],
+        architecture="tiny",
         epochs=epochs + 1,
         batch_size=32,
         warm_start=False,
@@ -112,6 +113,7 @@ def loop(seed: int, work: Path, cifake: Path, newgen: Path, epochs: int) -> dict
                 )
     write_dataset_version(store, "feedback", rows, parents=[])
     second = retrain(
+        architecture="tiny",
         epochs=epochs,
         batch_size=32,
         seed=seed,

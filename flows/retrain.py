@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from aidetect.settings import get_settings
 from flows.common import code_version, lease, store_for
 from model.calibration import apply_temperature, fit_temperature, fit_uncertain_band
-from model.config import WEIGHT_SUFFIXES, ModelConfig, default_weights, get_config
+from model.config import DEFAULT_ARCHITECTURE, WEIGHT_SUFFIXES, ModelConfig, default_weights, get_config
 from model.data import ArrayData, ImageSet, list_datasets, load_images, oversample_small_datasets, resolve
 from model.evaluation import evaluate_model
 from model.gate import GateConfig, Verdict, judge
@@ -201,7 +201,7 @@ def fetch_trained(store_url: str | None, run_id: str, dest: Path) -> TrainedMode
 def train_model(
     refs: list[str],
     run_id: str,
-    architecture: str = "tiny",
+    architecture: str = DEFAULT_ARCHITECTURE,
     image_size: int | None = None,
     train_settings: dict[str, Any] | None = None,
     max_train_images: int | None = None,
@@ -472,9 +472,9 @@ def _report(
 @flow(name="retrain", log_prints=True)
 def retrain(
     datasets: list[str] | None = None,
-    architecture: str = "tiny",
+    architecture: str = DEFAULT_ARCHITECTURE,
     image_size: int | None = None,
-    epochs: int = 3,
+    epochs: int = 10,
     batch_size: int = 64,
     learning_rate: float = 2e-3,
     alpha: float = 0.1,
