@@ -5,9 +5,11 @@ splits of ``newgen-dev``: ``--reports-per-class`` images of each label are repor
 held out (never reported). For each split, on a copy of the store as v1 left it:
 
 1. serving (real uvicorn) answers every reported image;
-2. two independent clients (127.0.0.1 and 127.0.0.2) each file feedback with the true label
-   for every one of them, through ``POST /v1/feedback`` (accepted by agreement, no reviewer):
-   a labelled sample of the new generator, right answers of v1 included;
+2. independent clients file feedback with the true label for every one of them, through
+   ``POST /v1/feedback`` (accepted by agreement of two clients, no reviewer): a labelled sample
+   of the new generator, right answers of v1 included. Two pairs of clients (127.0.0.1 + .2,
+   127.0.0.3 + .4) share the images, as a client's credit is capped (``Policy.max_per_client``,
+   50 images accepted by agreement);
 3. ``gather-feedback`` (``misclassified_only=False``) and ``retrain`` run as flows (the gate
    decides; v2 warm-starts from v1);
 4. serving hot-swaps to v2 if it was promoted, and answers the held-out images again.
@@ -72,6 +74,7 @@ def run_fold(
     from aidetect.settings import get_settings
     from flows.gather import gather_feedback
     from flows.retrain import retrain
+    from model.data import load_images
     from model.registry import Registry
 
     home = work / f"fold{fold}"
@@ -90,16 +93,19 @@ def run_fold(
     try:
         clients = [
             httpx.Client(base_url=server.url, timeout=60, transport=httpx.HTTPTransport(local_address=address))
-            for address in ("127.0.0.1", "127.0.0.2")
+            for address in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
         ]
         before = _predict(clients[0], held_out)
         seen = _predict(clients[0], feedback_images)
         wrong = [r for r in seen if r["label"] != r["truth"]]
-        for client in clients:
-            for r in seen:
+        for i, r in enumerate(seen):
+            for client in clients[2 * (i % 2) : 2 * (i % 2) + 2]:  # each image by one pair of clients
                 client.post("/v1/feedback", data={"prediction_id": r["id"], "label": r["truth"]}).raise_for_status()
         log(f"split {fold}: v1 held-out accuracy {_accuracy(before):.3f}; {len(seen)} reported ({len(wrong)} wrong)")
         feedback_version = gather_feedback(retrain_after=10**9, misclassified_only=False)
+        ref = f"feedback@{feedback_version}"
+        taken = {split: len(load_images(store, [ref], split)) for split in ("train", "val", "test")}
+        log(f"split {fold}: feedback@{feedback_version} took {sum(taken.values())} images {taken}")
         second = retrain(
             architecture=args.architecture,
             epochs=args.epochs,
@@ -123,6 +129,7 @@ def run_fold(
         "reported": len(seen),
         "v1_wrong_among_reported": len(wrong),
         "feedback_dataset": f"feedback@{feedback_version}",
+        "feedback_images_by_split": taken,
         "v2": second["version"],
         "v2_promoted": second["promoted"],
         "gate_reasons": second["verdict"]["reasons"],
