@@ -63,7 +63,14 @@ def retrain_gate(seed: int, work: Path, cifake: Path, epochs: int) -> dict[str, 
     store = LocalStore(work / "store")
     import_dataset(store, cifake, "cifake")
     import_dataset(store, _flipped(cifake, work / "flipped"), "flipped")
-    settings = {"architecture": "tiny", "epochs": epochs, "batch_size": 32, "augment": False, "reference_images": 300, "seed": seed}
+    settings = {
+        "architecture": "tiny",
+        "epochs": epochs,
+        "batch_size": 32,
+        "augment": False,
+        "reference_images": 300,
+        "seed": seed,
+    }
     first = retrain(datasets=["cifake"], warm_start=False, store_url=str(store.root), **settings)
     flipped = retrain(
         datasets=["flipped"], test_datasets=["cifake"], warm_start=False, store_url=str(store.root), **settings

@@ -66,7 +66,9 @@ def test_the_loop_end_to_end(
     # The calibration bar is loosened for both versions: v1 failed a fresh-clone run at ECE 0.1004
     # against 0.1 on ~140 test images (twice: stop 11, stop 12; bench/test_margins.py gives the same
     # 0.1004 for seed 0). This test is about the loop; the ECE rule has its own tests.
-    first = retrain(datasets=["cifake"], architecture="tiny", epochs=3, batch_size=32, warm_start=False, gate={"max_ece": LOOSE_ECE})
+    first = retrain(
+        datasets=["cifake"], architecture="tiny", epochs=3, batch_size=32, warm_start=False, gate={"max_ece": LOOSE_ECE}
+    )
     assert first["promoted"], first["verdict"]
     v1 = first["version"]
     meta = Registry(store).metadata(v1)
@@ -137,7 +139,9 @@ def test_the_loop_end_to_end(
                 # 0.021 at most below v1 on the frozen split (allowed here: 0.1); v1 got 55-71 of the
                 # 100 newgen images wrong (the test needs > 10). The rules have their own tests
                 # (tests/model/test_gate_metrics.py); this test is about the plumbing.
-                second = retrain(architecture="tiny", epochs=2, batch_size=32, max_accuracy_drop=0.1, gate={"max_ece": LOOSE_ECE})
+                second = retrain(
+                    architecture="tiny", epochs=2, batch_size=32, max_accuracy_drop=0.1, gate={"max_ece": LOOSE_ECE}
+                )
                 assert second["promoted"], second["verdict"]
                 assert "regression set: 0 images" in second["verdict"]["notes"][0]
                 v2 = second["version"]
