@@ -287,12 +287,13 @@ def export_and_check(trained: TrainedModel, val_data: ArrayData, out_dir: Path) 
     path = optimize_onnx(raw, out_dir / ONNX_FILE)
     onnx_model = OnnxModel(path)
     # every dataset's images (the feedback's photos too, not only the base data's thumbnails)
-    spread = calibration_sample(val_data.dataset, val_data.y, 256 if trained.config.image_size <= 64 else 32)
+    small = trained.config.image_size <= 64
+    spread = calibration_sample(val_data.dataset, val_data.y, 256 if small else 64)
     sample = val_data.x[spread[:64]]
     canaries = make_canaries(model, val_data.x[spread[:8]])
     diff = max(check_parity(model, onnx_model, sample), check_canaries(onnx_model, canaries, PARITY_TOLERANCE))
     logger.info("exported %s: Keras vs ONNX max |diff| = %.2e on %d images + canaries", path.name, diff, len(sample))
-    int8 = quantize_int8(path, out_dir / INT8_FILE, val_data.x[spread])
+    int8 = quantize_int8(path, out_dir / INT8_FILE, val_data.x[spread if small else spread[:32]])
     # INT8 scores move by up to a few hundredths: serving checks that file against its own outputs
     canaries["expected_int8"], _ = OnnxModel(int8).predict(canaries["inputs"])
     return Exported(path, int8, diff, canaries)

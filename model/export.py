@@ -160,6 +160,8 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray, batch_siz
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     batches = [{"pixels": calibration[i : i + step]} for i in range(0, len(calibration), step)]
+    if not batches:
+        raise ValueError("INT8 calibration needs at least one image")
     # onnxruntime's strided calibration: a pass of `stride` batches at a time (the count must divide)
     per_pass = max(1, CALIBRATION_PASS_PIXELS // (side * side * step))
     stride = max(k for k in range(1, min(per_pass, len(batches)) + 1) if len(batches) % k == 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,7 @@ def share_thread_pool(threads: int = 0) -> bool:
 
 INPUT_FIT_KEY = "aidetect.input_fit"
 BATCH_PIXELS = 2**21
+SHORTCUT_CHUNK = 256  # mosaics the tile shortcut sorts at once
 
 
 def tile_graph(path: Path | str) -> bytes | None:
@@ -66,6 +68,7 @@ def tile_graph(path: Path | str) -> bytes | None:
     model = onnx.load(str(path))
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
+    producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -101,7 +104,6 @@ def tile_graph(path: Path | str) -> bytes | None:
     # that shape inference does not give tf2onnx's reshapes).
     initializers = {init.name: init for init in graph.initializer}
     needed: set[int] = set()
-    index = {id(node): i for i, node in enumerate(graph.node)}
     made = {out: node for node in requantize for out in node.output}
     stack = [name for name in [node.input[0] for node in requantize] + per_tile if name not in made]
     seen: set[str] = set()
@@ -110,11 +112,10 @@ def tile_graph(path: Path | str) -> bytes | None:
         if name in seen or name == tensor or name in initializers or not name:
             continue
         seen.add(name)
-        node = producers.get(name)
-        if node is None:  # reaches the mosaic input some other way: no clean cut
+        if name not in producer_index:  # reaches the mosaic input some other way: no clean cut
             return None
-        needed.add(index[id(node)])
-        stack.extend(node.input)
+        needed.add(producer_index[name])
+        stack.extend(graph.node[producer_index[name]].input)
     nodes = [graph.node[i] for i in sorted(needed)] + requantize
     used = {name for node in nodes for name in node.input}
     cut_graph = onnx.helper.make_graph(
@@ -163,9 +164,29 @@ class OnnxModel:
             raise ValueError(f"{path}: expected two outputs (P(ai), embedding), got {self.output_names}")
         self.tiles = None
         if tile_shortcut and self.input_fit == "mosaic":
-            graph = tile_graph(path)
-            if graph is not None:
-                self.tiles = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+            self.tiles = self._tile_session(ort, options)
+
+    def _tile_session(self, ort: Any, options: Any) -> Any:
+        """The tile graph's session, if the cut works and scores a repeated-tile mosaic as the whole
+        graph does (one probe image: a cut that is not what ``tile_graph`` assumes is not used)."""
+        from model.preprocess import MOSAIC_GRID
+
+        graph = tile_graph(self.path)
+        if graph is None:
+            return None
+        try:
+            tiles = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime refuses the cut: score whole mosaics
+            return None
+        side = self.image_size // MOSAIC_GRID
+        tile = np.random.default_rng(0).integers(0, 256, (1, side, side, 3), dtype=np.uint8)
+        mosaic = np.tile(tile, (1, MOSAIC_GRID, MOSAIC_GRID, 1))
+        expected, (p, emb) = _run(self.session, mosaic, None), _run(tiles, tile, None)
+        if p.shape != expected[0].shape or emb.shape != expected[1].shape:
+            return None
+        if not (np.allclose(p, expected[0], atol=1e-6) and np.allclose(emb, expected[1], atol=1e-5)):
+            return None
+        return tiles
 
     def predict(self, pixels: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (n, size, size, 3) -> (P(ai) of shape (n,), embeddings of shape (n, d)).
@@ -178,6 +199,13 @@ class OnnxModel:
         return _run(self.session, pixels, batch_size)
 
     def _predict_repeated_tiles(self, pixels: np.ndarray, batch_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+        # In chunks: the comparison and the copies below would otherwise hold a whole split twice
+        if len(pixels) > SHORTCUT_CHUNK:
+            chunks = [
+                self._predict_repeated_tiles(pixels[i : i + SHORTCUT_CHUNK], batch_size)
+                for i in range(0, len(pixels), SHORTCUT_CHUNK)
+            ]
+            return np.concatenate([p for p, _ in chunks]), np.concatenate([e for _, e in chunks])
         from model.preprocess import MOSAIC_GRID
 
         n, side = len(pixels), self.image_size // MOSAIC_GRID

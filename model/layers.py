@@ -336,7 +336,7 @@ class Standardize(layers.Layer):
         """
         x = np.asarray(x, np.float64)
         std = x.std(axis=0)
-        lowest = max(floor * float(np.median(std)), epsilon)
+        lowest = max(floor * float(np.median(std)), float(np.sqrt(epsilon)))
         self.mean.assign(x.mean(axis=0).astype("float32"))
         self.scale.assign((1.0 / np.maximum(std, lowest)).astype("float32"))
 

@@ -28,6 +28,9 @@ def test_onnx_file_has_uint8_input_and_two_outputs(trained_tiny: Trained) -> Non
     assert onnx_model.image_size == 32
     assert onnx_model.output_names == ["p_ai", "embedding"]
     assert OnnxModel(trained_tiny.onnx_path, tile_shortcut=True).tiles is None  # not a mosaic: no shortcut
+    from model.inference import tile_graph
+
+    assert tile_graph(trained_tiny.onnx_path) is None  # and no tiling to cut out of it
 
 
 def test_canaries_pass_on_the_file_and_fail_on_other_outputs(trained_tiny: Trained) -> None:

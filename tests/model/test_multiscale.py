@@ -63,7 +63,7 @@ def test_the_graph_cuts_tiles_as_preprocessing_does_and_the_residual_is_a_high_p
     np.testing.assert_allclose(residual[0, 5, 2], 128.0, atol=1e-3)  # away from it, nothing
 
 
-def test_the_exported_graph_says_how_to_feed_it(tmp_path: Path) -> None:
+def test_the_exported_graph_says_how_to_feed_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from model.export import check_parity, export_onnx
     from model.inference import OnnxModel
 
@@ -110,6 +110,9 @@ def test_the_exported_graph_says_how_to_feed_it(tmp_path: Path) -> None:
         np.testing.assert_allclose(p_fast, p_full, atol=1e-6)
         np.testing.assert_allclose(e_fast, e_full, atol=1e-6)
         assert e_full.std(axis=0).max() > 1e-3  # the embeddings differ by image: a real comparison
+        monkeypatch.setattr("model.inference.SHORTCUT_CHUNK", 2)  # a split sorted in chunks
+        np.testing.assert_allclose(fast.predict(mixed)[1], e_full, atol=1e-6)
+        monkeypatch.undo()
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-6)
