@@ -30,11 +30,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake-dev.tar.gz"
 
 
-def _scorer(model: Any, config: Any, log: Any) -> Any:
+def _scorer(model: Any, config: Any, store: Any, log: Any) -> Any:
     """(pixels, keys) -> P(ai) per image, as the exported graph computes it.
 
     The multiscale detector: its tiles' features (each distinct tile once, in memory) through
-    the head, averaged per image (``model.multiscale``, the code its validation uses).
+    the head, averaged per image (``model.multiscale``, the code its validation uses), with
+    the feature cache training filled (validation's features are not computed again).
     """
     import numpy as np
 
@@ -44,9 +45,9 @@ def _scorer(model: Any, config: Any, log: Any) -> Any:
         return lambda x, keys: predict_scores(model, x)
     from model.architectures import HEAD
     from model.data import ArrayData
-    from model.multiscale import FeatureCache, image_scores, tile_features
+    from model.multiscale import FeatureCache, extractor_id, image_scores, tile_features
 
-    cache = FeatureCache(None, "quality")
+    cache = FeatureCache(store, extractor_id(model, config))
 
     def score(x: Any, keys: list[str]) -> Any:
         data = ArrayData(x, np.zeros(len(x), np.float32), list(keys), [""] * len(x), [""] * len(x))
@@ -82,7 +83,7 @@ def run(config: Any, store: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     result = train(config, train_set, val, settings, store=store, log=log)
     seconds = time.perf_counter() - started
-    score = _scorer(result.model, config, log)
+    score = _scorer(result.model, config, store, log)
     temperature = fit_temperature(val.y, score(val.x, val.sha256))
     tiers = {
         tier: apply_temperature(

@@ -67,8 +67,8 @@ def tile_graph(path: Path | str) -> bytes | None:
 
     model = onnx.load(str(path))
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
     producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    producers = {out: graph.node[i] for out, i in producer_index.items()}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -206,11 +206,10 @@ class OnnxModel:
                 for i in range(0, len(pixels), SHORTCUT_CHUNK)
             ]
             return np.concatenate([p for p, _ in chunks]), np.concatenate([e for _, e in chunks])
-        from model.preprocess import MOSAIC_GRID
+        from model.preprocess import MOSAIC_GRID, repeated_tile
 
         n, side = len(pixels), self.image_size // MOSAIC_GRID
-        grid = pixels.reshape(n, MOSAIC_GRID, side, MOSAIC_GRID, side, 3)
-        repeated = (grid == grid[:, :1, :, :1]).reshape(n, -1).all(axis=1)
+        repeated = repeated_tile(pixels)
         parts = []
         if repeated.any():
             parts.append((repeated, _run(self.tiles, np.ascontiguousarray(pixels[repeated, :side, :side]), None)))

@@ -38,7 +38,7 @@ from model.config import ModelConfig
 from model.data import ArrayData, ImageSet
 from model.loss import FairnessBCE
 from model.metrics import binary_metrics
-from model.preprocess import MOSAIC_GRID, decode_image, training_crops
+from model.preprocess import MOSAIC_GRID, decode_image, mosaic_tiles, repeated_tile, training_crops
 from storage import ObjectStore
 from storage.layout import FEATURES, new_version_id
 
@@ -94,13 +94,6 @@ class FeatureCache:
         self.store.put(f"{self.prefix}{new_version_id()}.npz", buffer.getvalue())
 
 
-def mosaic_tiles(pixels: np.ndarray, grid: int = MOSAIC_GRID) -> np.ndarray:
-    """(n, g*t, g*t, 3) mosaics -> (n*g*g, t, t, 3) tiles, as the graph's MosaicTiles cuts them."""
-    n, side = pixels.shape[0], pixels.shape[1]
-    t = side // grid
-    return pixels.reshape(n, grid, t, grid, t, 3).transpose(0, 1, 3, 2, 4, 5).reshape(-1, t, t, 3)
-
-
 def tile_features(
     model: keras.Model,
     config: ModelConfig,
@@ -118,8 +111,9 @@ def tile_features(
 
     def crops(i: int) -> np.ndarray:
         if isinstance(images, ArrayData):
-            tiles = mosaic_tiles(images.x[i : i + 1])
-            return tiles[:1] if (tiles == tiles[:1]).all() else tiles  # a thumbnail's mosaic repeats one tile
+            mosaic = images.x[i : i + 1]
+            tiles = mosaic_tiles(mosaic)
+            return tiles[:1] if repeated_tile(mosaic)[0] else tiles  # a thumbnail's mosaic repeats one tile
         return training_crops(decode_image(images.images[i]), tile, grid)
 
     first = {sha: i for i, sha in reversed(list(enumerate(images.sha256)))}  # oversampled sets repeat images

@@ -157,6 +157,19 @@ def to_model_input(image: Image.Image, size: int, fit: str = "resize") -> np.nda
     return np.asarray(image, dtype=np.uint8)
 
 
+def mosaic_tiles(pixels: np.ndarray, grid: int = MOSAIC_GRID) -> np.ndarray:
+    """(n, g*t, g*t, 3) mosaics -> (n*g*g, t, t, 3) tiles, as the graph's MosaicTiles cuts them."""
+    n, side = pixels.shape[0], pixels.shape[1]
+    t = side // grid
+    return pixels.reshape(n, grid, t, grid, t, 3).transpose(0, 1, 3, 2, 4, 5).reshape(-1, t, t, 3)
+
+
+def repeated_tile(pixels: np.ndarray, grid: int = MOSAIC_GRID) -> np.ndarray:
+    """Per mosaic of ``pixels``, whether all its tiles are the same one (a thumbnail's mosaic)."""
+    tiles = mosaic_tiles(pixels, grid).reshape(len(pixels), grid * grid, -1)
+    return np.asarray((tiles == tiles[:, :1]).all(axis=(1, 2)))
+
+
 def _at_least(image: Image.Image, tile: int) -> Image.Image:
     """Scaled up (bicubic) so that the short side is ``tile``; images already that large are untouched."""
     width, height = image.size

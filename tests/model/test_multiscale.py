@@ -15,8 +15,8 @@ from model.architectures import EXTRACTOR, build_model
 from model.config import get_config
 from model.data import ImageSet, SourceImage, iter_source
 from model.layers import MosaicTiles, NoiseResidual
-from model.multiscale import FeatureCache, extractor_id, mosaic_tiles, tile_features
-from model.preprocess import native_crops, preprocess, to_model_input, training_crops
+from model.multiscale import FeatureCache, extractor_id, tile_features
+from model.preprocess import mosaic_tiles, native_crops, preprocess, to_model_input, training_crops
 from model.train import TrainConfig, train
 from storage import LocalStore
 from tests.helpers import shared_data
