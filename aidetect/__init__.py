@@ -1,3 +1,6 @@
-"""aidetect: a continuously retrained detector of AI-generated images."""
+"""aidetect's ground: settings and version. It imports nothing of the project, so every other
+package (storage, model, feedback, serving, flows, the CLI in ``cli/``) may import it."""
 
-__version__ = "0.1.0"
+from aidetect.version import __version__
+
+__all__ = ["__version__"]

@@ -10,8 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from storage import ObjectStore, open_store
-
+PRODUCTION_ALIAS = "production"  # the alias serving follows and a blessed challenger moves
 MIN_TOKEN_LENGTH = 16
 PLACEHOLDERS = frozenset(
     {"changeme", "change_me", "change-me", "admin", "secret", "token", "password", "test", "example", "xxx", "todo"}
@@ -52,7 +51,7 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
 
     # serving
-    model_alias: str = "production"
+    model_alias: str = PRODUCTION_ALIAS
     alias_poll_seconds: float = Field(2.0, gt=0)
     drift_poll_seconds: float = Field(
         60.0, gt=0, description="how often the latest drift report (reports/drift/latest.json) is read for /metrics"
@@ -171,10 +170,6 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
-
-    def open_store(self, url: str | None = None) -> ObjectStore:
-        """The configured object store (or the one at ``url``, same S3 settings)."""
-        return open_store(url or self.resolved_store_url, endpoint_url=self.s3_endpoint_url, region=self.s3_region)
 
 
 @lru_cache(maxsize=1)

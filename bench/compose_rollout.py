@@ -1,5 +1,5 @@
 """A rolling deploy on a real Docker engine, measured: docker-compose.yml's serving behind its
-proxy, under load, while ``aidetect.rollout`` replaces the replicas. Prints JSON.
+proxy, under load, while ``deploy/rollout.py`` replaces the replicas. Prints JSON.
 
 Needs a Docker engine and Compose v2. Runs as its own Compose project (``--project``) with a
 generated env file (every CHANGE_ME replaced, free host ports), so a stack already running
@@ -43,8 +43,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from aidetect.rollout import ComposeRuntime, RolloutError, rollout  # noqa: E402
 from bench._serving import export_model, free_port, percentile, test_image  # noqa: E402
+from deploy.rollout import ComposeRuntime, RolloutError, rollout  # noqa: E402
+from storage import configured_store  # noqa: E402
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -168,7 +169,7 @@ def main() -> None:
 
         model_dir = work / "model"
         size = export_model("tiny", model_dir)
-        registry = Registry(Settings().open_store())
+        registry = Registry(configured_store(Settings()))
         canaries = io.BytesIO((model_dir / "canaries.npz").read_bytes())
         version = registry.register(
             {"model.onnx": model_dir / "model.onnx", "canaries.npz": canaries.getvalue()},

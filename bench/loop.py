@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._serving import start_server  # noqa: E402
+from storage import configured_store  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -81,7 +82,7 @@ def run_fold(
     shutil.copytree(base_home, home, symlinks=True)
     os.environ["AIDETECT_HOME"] = str(home)
     get_settings.cache_clear()
-    store = get_settings().open_store()
+    store = configured_store(get_settings())
     v1 = Registry(store).alias("production")[0].version  # type: ignore[union-attr]
     env = {
         "AIDETECT_HOME": str(home),
@@ -190,7 +191,7 @@ def main() -> None:
     with prefect_test_harness(server_startup_timeout=120):
         log(f"importing {args.cifake} ({args.limit_per_class} per class)")
         imported = import_dataset(
-            get_settings().open_store(), Path(args.cifake), "cifake", limit_per_class=args.limit_per_class
+            configured_store(get_settings()), Path(args.cifake), "cifake", limit_per_class=args.limit_per_class
         )
         log(f"training v1 on cifake@{imported.version}")
         first = retrain(

@@ -48,7 +48,7 @@ main() {
     fi
 
     # 3. Serving: one replica at a time (start new, wait healthy and ready, drain and stop old).
-    python3 -m aidetect.rollout serving </dev/null
+    python3 deploy/rollout.py serving </dev/null
 
     # From here on a plain `docker compose up -d` keeps this release (it reads the tag from .env).
     if grep -q '^AIDETECT_IMAGE_TAG=' .env; then

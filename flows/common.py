@@ -3,42 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from aidetect import __version__
 from aidetect.settings import get_settings
-from storage import ObjectStore
+from storage import ObjectStore, configured_store
 from storage.base import NotFound, PreconditionFailed, StoreError
 from storage.layout import LOCKS
 
 
 def store_for(store_url: str | None) -> ObjectStore:
     """The object store named by a flow parameter, or the configured one."""
-    return get_settings().open_store(store_url)
-
-
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
-    git = shutil.which("git")
-    if git is None:
-        return __version__
-    try:
-        commit = subprocess.run(  # noqa: S603 - fixed arguments, git found on PATH
-            [git, "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
+    return configured_store(get_settings(), store_url)
 
 
 class Busy(RuntimeError):

@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from aidetect.settings import PRODUCTION_ALIAS
 from flows.common import store_for
 from model.drift import (
     DRIFT_CALIBRATION_FILE,
@@ -80,7 +81,7 @@ def save_report(store_url: str | None, prefix: str, html: str, summary: dict[str
 @flow(name="monitor-drift", log_prints=True)
 def monitor_drift(
     window_hours: int = 24,
-    alias: str = "production",
+    alias: str = PRODUCTION_ALIAS,
     min_rows: int = 100,
     store_url: str | None = None,
     end: datetime | None = None,

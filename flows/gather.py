@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from aidetect.settings import PRODUCTION_ALIAS
 from feedback.policy import Policy, decide, select_for_training
 from feedback.records import FeedbackRecord
 from feedback.reviews import load_reviews
@@ -52,7 +53,7 @@ def gather_feedback(
     max_per_client: int = 50,
     holdout_share: float = 0.2,
     retrain_after: int = 50,
-    alias: str = "production",
+    alias: str = PRODUCTION_ALIAS,
     misclassified_only: bool = True,
 ) -> str | None:
     """Add the accepted, misclassified feedback images not taken yet to a new dataset version.

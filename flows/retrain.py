@@ -26,8 +26,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from aidetect.settings import get_settings
-from flows.common import code_version, lease, store_for
+from aidetect.settings import PRODUCTION_ALIAS, get_settings
+from aidetect.version import code_version
+from flows.common import lease, store_for
 from model.calibration import apply_temperature, fit_temperature, fit_uncertain_band
 from model.config import DEFAULT_ARCHITECTURE, WEIGHT_SUFFIXES, ModelConfig, default_weights, get_config
 from model.data import ArrayData, ImageSet, list_datasets, load_images, oversample_small_datasets, resolve
@@ -496,7 +497,7 @@ def retrain(
     uncertain_target_accuracy: float = 0.95,
     max_uncertain_share: float = 0.1,
     reference_images: int = 2000,
-    alias: str = "production",
+    alias: str = PRODUCTION_ALIAS,
     auto_promote: bool = True,
     train_deployment: str | None = None,
     fallback_deployment: str | None = None,

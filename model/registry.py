@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from aidetect.settings import PRODUCTION_ALIAS
 from storage import NotFound, ObjectStore, PreconditionFailed
 from storage.layout import EVENTS, MODELS, alias_key, event_key, model_prefix, new_version_id, utcnow
 
@@ -90,7 +91,7 @@ class Registry:
             return {k: data[k] for k in data.files}
 
     # aliases ----------------------------------------------------------------------------
-    def alias(self, alias: str = "production") -> tuple[AliasRecord | None, str | None]:
+    def alias(self, alias: str = PRODUCTION_ALIAS) -> tuple[AliasRecord | None, str | None]:
         """The alias record and its entity tag (None, None when the alias was never set)."""
         try:
             data, etag = self.store.get_with_etag(alias_key(alias))
@@ -98,7 +99,9 @@ class Registry:
             return None, None
         return AliasRecord(**json.loads(data)), etag
 
-    def promote(self, version: str, alias: str = "production", *, reason: str, kind: str = "promoted") -> AliasRecord:
+    def promote(
+        self, version: str, alias: str = PRODUCTION_ALIAS, *, reason: str, kind: str = "promoted"
+    ) -> AliasRecord:
         """Point ``alias`` at ``version`` with a conditional put; AliasConflict if we lost a race."""
         meta = self.metadata(version)
         current, etag = self.alias(alias)
@@ -120,7 +123,7 @@ class Registry:
         self.record_event(kind, version, alias=alias, previous=record.previous, reason=reason)
         return record
 
-    def rollback(self, alias: str = "production", *, reason: str = "rollback") -> AliasRecord:
+    def rollback(self, alias: str = PRODUCTION_ALIAS, *, reason: str = "rollback") -> AliasRecord:
         current, _ = self.alias(alias)
         if current is None or current.previous is None:
             raise ValueError(f"alias {alias!r} has no previous version to roll back to")

@@ -29,7 +29,7 @@ from serving.recent import RecentPredictions
 from serving.routes import router
 from serving.runtime import ModelHolder
 from serving.state import ServingState
-from storage import ObjectStore, StoreError
+from storage import ObjectStore, StoreError, configured_store
 
 log = logging.getLogger("aidetect.serving")
 STATIC = Path(__file__).parent / "static"
@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = settings.open_store()
+        store = configured_store(settings)
         if settings.ort_shared_pool:
             share_thread_pool(settings.ort_threads)
         loader = model_loader()

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from aidetect.settings import PRODUCTION_ALIAS
 from model.inference import OnnxModel, compare_canaries
 from model.registry import ONNX_FILE, AliasRecord, Registry
 from storage import NotFound, ObjectStore, StoreError
@@ -97,7 +98,7 @@ class ModelHolder:
         store: ObjectStore,
         cache_dir: Path,
         *,
-        alias: str = "production",
+        alias: str = PRODUCTION_ALIAS,
         threads: int = 0,
         variant: Variant = "fp32",
         runner: Callable[[Callable[[], Any]], Any] | None = None,

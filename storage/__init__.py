@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from storage.base import NotFound, ObjectStore, PreconditionFailed, StoreError, StoreUnavailable
 from storage.local import LocalStore
+
+if TYPE_CHECKING:
+    from aidetect.settings import Settings
 
 __all__ = [
     "LocalStore",
@@ -15,6 +19,7 @@ __all__ = [
     "PreconditionFailed",
     "StoreError",
     "StoreUnavailable",
+    "configured_store",
     "open_store",
 ]
 
@@ -33,3 +38,9 @@ def open_store(url: str, *, endpoint_url: str | None = None, region: str = "us-e
     if "://" in url:
         raise ValueError(f"unsupported store URL {url!r}: use a folder, file:// or s3://")
     return LocalStore(Path(url))
+
+
+def configured_store(settings: Settings, url: str | None = None) -> ObjectStore:
+    """The store the settings name (or the one at ``url``, with the same S3 settings)."""
+    url = url or settings.resolved_store_url
+    return open_store(url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)

@@ -14,7 +14,7 @@ def _run(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "AIDETECT_HOME": str(home)}
     env.pop("AIDETECT_STORE_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "aidetect.cli", *args], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, timeout=300
     )
 
 
@@ -46,7 +46,7 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     no_rollback = _run(["model", "rollback"], tmp_path / "home")
     assert no_rollback.returncode == 2 and "no previous version" in no_rollback.stderr
     bad_store = subprocess.run(
-        [sys.executable, "-m", "aidetect.cli", "data", "list"],
+        [sys.executable, "-m", "cli", "data", "list"],
         capture_output=True,
         text=True,
         env={**os.environ, "AIDETECT_STORE_URL": "ftp://host/x"},
@@ -97,7 +97,7 @@ def test_predict_scores_files_with_the_registry_model(tmp_path: Path) -> None:
     env = {**os.environ, "AIDETECT_HOME": str(tmp_path / "home"), "AIDETECT_STORE_URL": str(store.root)}
 
     def predict(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "aidetect.cli", "predict", *args]
+        command = [sys.executable, "-m", "cli", "predict", *args]
         return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
     for name, value in (("bright.png", 250), ("dark.png", 5)):
@@ -144,7 +144,7 @@ def test_model_evaluate_runs_the_gates_evaluation_on_a_labelled_folder(tmp_path:
     env = {**os.environ, "AIDETECT_HOME": str(tmp_path / "home"), "AIDETECT_STORE_URL": str(store.root)}
 
     def evaluate(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "aidetect.cli", "model", "evaluate", *args]
+        command = [sys.executable, "-m", "cli", "model", "evaluate", *args]
         return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
     # P(ai) is the mean brightness: 4 bright ai images, 1 dark one (missed), 4 dark real ones

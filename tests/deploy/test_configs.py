@@ -521,7 +521,7 @@ printf '%s\\n' "$(basename "$0") $*" >> "$CALLS"
 cat > /dev/null  # read stdin as docker compose run without -T would: the script must not be on it
 case "$(basename "$0") $*" in
   "git rev-parse"*) echo 0123abc0123abc0123abc0123abc0123abc01234 ;;
-  "python3 -m aidetect.rollout"*) exit "${FAIL_ROLLOUT:-0}" ;;
+  "python3 deploy/rollout.py"*) exit "${FAIL_ROLLOUT:-0}" ;;
 esac
 exit 0
 """
@@ -565,7 +565,7 @@ def test_deploy_script_runs_every_step_when_piped_over_ssh(tmp_path: Path) -> No
         "docker compose run --rm -T --no-deps prefect-deploy",
         "docker compose up --detach --no-deps worker-cpu",
         "docker compose --profile gpu ps --quiet worker-gpu",
-        "python3 -m aidetect.rollout serving",
+        "python3 deploy/rollout.py serving",
         "docker compose up --detach --no-deps proxy prometheus grafana",
         f"python3 - {sha} 8000",
     ]
@@ -575,5 +575,5 @@ def test_deploy_script_runs_every_step_when_piped_over_ssh(tmp_path: Path) -> No
     # a failed rollout stops the deploy there, and .env keeps the release still running
     result = deploy(FAIL_ROLLOUT="1")
     assert result.returncode != 0
-    assert calls.read_text().splitlines()[-1] == "python3 -m aidetect.rollout serving"
+    assert calls.read_text().splitlines()[-1] == "python3 deploy/rollout.py serving"
     assert "AIDETECT_IMAGE_TAG=dev\n" in (checkout / ".env").read_text()

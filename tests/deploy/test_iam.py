@@ -296,7 +296,7 @@ def test_serving_needs_nothing_beyond_its_policy(tmp_path: Path, monkeypatch: py
     registry.promote(v1, reason="test")
     registry.promote(register_onnx(registry, mean_brightness_model(tmp_path / "b.onnx")), reason="test")
     store = Recording(local)
-    monkeypatch.setattr(Settings, "open_store", lambda self, url=None: store)
+    monkeypatch.setattr("serving.app.configured_store", lambda settings, url=None: store)
     token = "a-long-random-admin-token-for-tests"
     settings = Settings(home=tmp_path / "home", store_url=str(local.root), admin_token=token, log_flush_seconds=0.05)  # type: ignore[arg-type]
     with TestClient(create_app(settings)) as client:

@@ -7,7 +7,7 @@ included), against an S3 server (moto) holding a promoted model. What Docker doe
 played by ``Containers``: each replica gets its own loopback address (127.0.0.N, like a
 container's address), and a small DNS server answers the service name with the running
 replicas' addresses, registered when a replica starts and removed when its process has
-exited, as Docker's embedded DNS does. ``aidetect.rollout.rollout`` then replaces the
+exited, as Docker's embedded DNS does. ``rollout`` in ``deploy/rollout.py`` then replaces the
 replicas one at a time while clients keep predicting and reporting through the proxy.
 """
 
@@ -34,7 +34,8 @@ from typing import Any
 import httpx
 import pytest
 
-from aidetect.rollout import Replica, RolloutError, rollout
+from deploy.rollout import Replica, RolloutError, rollout
+from storage import configured_store
 from tests.deploy.test_services import (
     Localizer,
     base_env,
@@ -372,7 +373,7 @@ def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
             aws_access_key_id="root",
             aws_secret_access_key="root",  # noqa: S106 - moto checks no credentials
         ).create_bucket(Bucket=dotenv["AIDETECT_BUCKET"])
-        store = Settings().open_store()
+        store = configured_store(Settings())
         registry = Registry(store)
         version = register_onnx(registry, mean_brightness_model(tmp_path / "mean.onnx"))
         registry.promote(version, reason="test")
@@ -485,7 +486,7 @@ PS_LINES = (Path(__file__).parent / "data" / "compose-ps.jsonl").read_text()
 
 
 def test_parse_ps_reads_both_compose_formats() -> None:
-    from aidetect.rollout import parse_ps
+    from deploy.rollout import parse_ps
 
     rows = parse_ps(PS_LINES)
     assert [row["ID"] for row in rows] == ["2f82bd6dae49", "4ffecf47859c", "7800f5b34fcf"]
@@ -494,7 +495,7 @@ def test_parse_ps_reads_both_compose_formats() -> None:
 
 
 def test_compose_health_reads_docker_inspect() -> None:
-    from aidetect.rollout import compose_health
+    from deploy.rollout import compose_health
 
     # "{{.State.Status}} {{.RestartCount}} {{.State.Health.Status}}", as docker inspect printed them
     assert compose_health("running 0 healthy\n") == "healthy"
@@ -509,7 +510,7 @@ def test_compose_health_reads_docker_inspect() -> None:
 
 
 def test_compose_runtime_lists_running_replicas_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aidetect.rollout import ComposeRuntime
+    from deploy.rollout import ComposeRuntime
 
     calls: list[tuple[str, ...]] = []
 
@@ -530,7 +531,7 @@ def test_compose_runtime_clears_stale_containers_and_scales_by_one(monkeypatch: 
     """Only the docker CLI is played here (its output as recorded in data/compose-ps.jsonl)."""
     import json
 
-    from aidetect.rollout import ComposeRuntime
+    from deploy.rollout import ComposeRuntime
 
     rows = [json.loads(line) for line in PS_LINES.splitlines()]  # 2 running, 1 restarting
     calls: list[tuple[str, ...]] = []

@@ -38,6 +38,7 @@ import httpx
 import pytest
 import yaml
 
+from storage import configured_store
 from tests.deploy.test_configs import interpolate
 from tests.helpers import agreed_report, free_port, image_bytes
 
@@ -362,7 +363,7 @@ def test_the_compose_services_work_together_from_the_compose_environment(
         # the production model, registered into the bucket with the serving account's settings
         for key, value in envs["serving"].items():
             monkeypatch.setenv(key, value)
-        store = Settings().open_store()
+        store = configured_store(Settings())
         assert store.url == f"s3://{init['AIDETECT_BUCKET']}/{dotenv['AIDETECT_STORE_PREFIX']}"
         registry = Registry(store)
         version = register_onnx(registry, mean_brightness_model(tmp_path / "mean.onnx"))

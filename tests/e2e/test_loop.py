@@ -18,6 +18,7 @@ import pytest
 from aidetect.settings import get_settings
 from model.data import import_dataset
 from model.registry import Registry
+from storage import configured_store
 from tests.conftest import make_s3_store
 from tests.helpers import LOOSE_ECE, serving_process
 
@@ -59,7 +60,7 @@ def test_the_loop_end_to_end(
     from flows.gather import gather_feedback
     from flows.retrain import retrain
 
-    store = get_settings().open_store()
+    store = configured_store(get_settings())
     report = import_dataset(store, cifake_folder, "cifake")
     assert report.taken == 1200
 

@@ -21,7 +21,7 @@ def test_an_outside_onnx_model_is_registered_with_its_canaries_and_serves(tmp_pa
     store = LocalStore(tmp_path / "store")
     onnx_path = mean_brightness_model(tmp_path / "outside.onnx", size=48)
     env = {**os.environ, "AIDETECT_HOME": str(tmp_path / "home"), "AIDETECT_STORE_URL": str(store.root)}
-    command = [sys.executable, "-m", "aidetect.cli", "model", "register", str(onnx_path), "--threshold", "0.4"]
+    command = [sys.executable, "-m", "cli", "model", "register", str(onnx_path), "--threshold", "0.4"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     version = result.stdout.strip()

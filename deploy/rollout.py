@@ -1,6 +1,6 @@
 """Rolling replacement of a Compose service's replicas: one at a time, no failed request.
 
-    python3 -m aidetect.rollout serving          # on the Docker host, in the checkout
+    python3 deploy/rollout.py serving          # on the Docker host, in the checkout
 
 For each running replica, oldest first:
 
@@ -282,7 +282,7 @@ def parse_ps(out: str) -> list[dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m aidetect.rollout",
+        prog="python3 deploy/rollout.py",
         description="Replace a Compose service's replicas one at a time (start new, wait healthy, drain old).",
     )
     parser.add_argument("service", nargs="?", default="serving")

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aidetect.settings import get_settings
+from aidetect.settings import PRODUCTION_ALIAS, get_settings
 from model.config import DEFAULT_ARCHITECTURE
+from storage import configured_store
 
 if TYPE_CHECKING:
     from model.data import ImageSet
@@ -22,7 +23,7 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
         raise UsageError(f"{path}: no such file or folder")
-    store = get_settings().open_store()
+    store = configured_store(get_settings())
     report = import_dataset(store, path, args.name, limit_per_class=args.limit_per_class, progress=_progress)
     for name, reason in report.skipped[:50]:
         print(f"skipped {name}: {reason}", file=sys.stderr)
@@ -36,7 +37,7 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
 def _cmd_data_list(args: argparse.Namespace) -> int:
     from model.data import list_datasets, read_version_info
 
-    store = get_settings().open_store()
+    store = configured_store(get_settings())
     for name, versions in list_datasets(store).items():
         for version in versions:
             counts = read_version_info(store, name, version)["counts"]
@@ -50,7 +51,7 @@ def _feedback_state(min_agreeing: int, max_per_client: int) -> tuple[Any, Any, A
     from feedback.reviews import load_reviews
     from feedback.store import iter_feedback
 
-    store = get_settings().open_store()
+    store = configured_store(get_settings())
     records = list(iter_feedback(store))
     reviews = load_reviews(store)
     decisions = decide(records, reviews, Policy(min_agreeing_clients=min_agreeing, max_per_client=max_per_client))
@@ -120,7 +121,7 @@ def _cmd_feedback_decide(args: argparse.Namespace) -> int:
 def _cmd_model_list(args: argparse.Namespace) -> int:
     from model.registry import Registry
 
-    registry = Registry(get_settings().open_store())
+    registry = Registry(configured_store(get_settings()))
     live, _ = registry.alias(args.alias)
     for version in registry.versions():
         meta = registry.metadata(version)
@@ -134,14 +135,14 @@ def _cmd_model_list(args: argparse.Namespace) -> int:
 def _cmd_model_show(args: argparse.Namespace) -> int:
     from model.registry import Registry
 
-    print(json.dumps(Registry(get_settings().open_store()).metadata(args.version), indent=2))
+    print(json.dumps(Registry(configured_store(get_settings())).metadata(args.version), indent=2))
     return 0
 
 
 def _cmd_model_promote(args: argparse.Namespace) -> int:
     from model.registry import Registry
 
-    record = Registry(get_settings().open_store()).promote(args.version, args.alias, reason=args.reason)
+    record = Registry(configured_store(get_settings())).promote(args.version, args.alias, reason=args.reason)
     print(f"{args.alias} -> {record.version} (was {record.previous})")
     return 0
 
@@ -149,7 +150,7 @@ def _cmd_model_promote(args: argparse.Namespace) -> int:
 def _cmd_model_rollback(args: argparse.Namespace) -> int:
     from model.registry import Registry
 
-    record = Registry(get_settings().open_store()).rollback(args.alias, reason=args.reason)
+    record = Registry(configured_store(get_settings())).rollback(args.alias, reason=args.reason)
     print(f"{args.alias} -> {record.version} (rolled back)")
     return 0
 
@@ -168,7 +169,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"no such file: {missing[0]}{more}")
     settings = get_settings()
     share_thread_pool()
-    holder = ModelHolder(settings.open_store(), settings.cache_dir / "models", alias=args.alias)
+    holder = ModelHolder(configured_store(settings), settings.cache_dir / "models", alias=args.alias)
     try:
         if args.version:
             live = holder.load_version(args.version)
@@ -248,7 +249,7 @@ def _cmd_model_register(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     version = register_model_file(
-        get_settings().open_store(),
+        configured_store(get_settings()),
         path,
         input_fit=args.input_fit,
         threshold=args.threshold,
@@ -268,11 +269,11 @@ def _cmd_model_evaluate(args: argparse.Namespace) -> int:
     from model.registry import Registry
     from model.robustness import TIERS
     from serving.runtime import ModelHolder, ModelRefused
-    from storage import NotFound
+    from storage import NotFound, configured_store
 
     data, skipped = _labelled_images(Path(args.data))
     settings = get_settings()
-    store = settings.open_store()
+    store = configured_store(settings)
     if args.version not in Registry(store).versions():
         raise UsageError(f"no model version {args.version!r} (aidetect model list shows them)")
     share_thread_pool()
@@ -357,13 +358,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from aidetect.demo import run_demo
+    from cli.demo import run_demo
 
     return run_demo(args)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from aidetect.stack import run_up
+    from cli.stack import run_up
 
     return run_up(args)
 
@@ -371,7 +372,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     import os
 
-    from aidetect.stack import ROOT, deploy
+    from cli.stack import ROOT, deploy
 
     if not os.environ.get("PREFECT_API_URL"):
         raise UsageError("PREFECT_API_URL is not set: point it at the Prefect server to deploy to")
@@ -380,7 +381,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    from aidetect.demo import stop_services
+    from cli.demo import stop_services
 
     stopped = stop_services(Path(args.home) / "run")
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -409,14 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     mdl = commands.add_parser("model", help="the model registry").add_subparsers(dest="model_command", required=True)
     lst = mdl.add_parser("list", help="registered versions")
-    lst.add_argument("--alias", default="production")
+    lst.add_argument("--alias", default=PRODUCTION_ALIAS)
     lst.set_defaults(func=_cmd_model_list)
     show = mdl.add_parser("show", help="a version's metadata")
     show.add_argument("version")
     show.set_defaults(func=_cmd_model_show)
     prm = mdl.add_parser("promote", help="point an alias at a version")
     prm.add_argument("version")
-    prm.add_argument("--alias", default="production")
+    prm.add_argument("--alias", default=PRODUCTION_ALIAS)
     prm.add_argument("--reason", default="manual promotion")
     prm.set_defaults(func=_cmd_model_promote)
     reg = mdl.add_parser("register", help="register a .onnx or .keras model trained elsewhere (not promoted)")
@@ -436,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--json", action="store_true", help="print the whole report as JSON")
     evl.set_defaults(func=_cmd_model_evaluate)
     rbk = mdl.add_parser("rollback", help="point an alias back at its previous version")
-    rbk.add_argument("--alias", default="production")
+    rbk.add_argument("--alias", default=PRODUCTION_ALIAS)
     rbk.add_argument("--reason", default="manual rollback")
     rbk.set_defaults(func=_cmd_model_rollback)
 
@@ -466,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     gat.set_defaults(func=_cmd_flow_gather)
     drf = flw.add_parser("monitor-drift", help="recent predictions vs the live model's reference (Evidently)")
     drf.add_argument("--window-hours", type=_positive_int, default=24)
-    drf.add_argument("--alias", default="production")
+    drf.add_argument("--alias", default=PRODUCTION_ALIAS)
     drf.add_argument("--min-rows", type=_positive_int, default=100, help="fewer predictions: no report")
     drf.set_defaults(func=_cmd_flow_drift)
 
@@ -497,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prd = commands.add_parser("predict", help="score image files locally (onnxruntime, the registry's model)")
     prd.add_argument("files", nargs="+", help="image files")
-    prd.add_argument("--alias", default="production", help="the alias whose model scores them")
+    prd.add_argument("--alias", default=PRODUCTION_ALIAS, help="the alias whose model scores them")
     prd.add_argument("--version", default=None, help="a registered version instead of the alias")
     prd.add_argument("--json", action="store_true", help="one JSON list instead of a table")
     prd.set_defaults(func=_cmd_predict)

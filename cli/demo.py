@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 
 from aidetect.settings import get_settings
-from aidetect.stack import wait_http
+from cli.stack import wait_http
+from storage import configured_store
 
 
 def say(message: str) -> None:
@@ -150,7 +151,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from model.data import import_dataset
 
     say(f"importing {data}")
-    report = import_dataset(settings.open_store(), data, "cifake", limit_per_class=args.limit_per_class, progress=say)
+    store = configured_store(settings)
+    report = import_dataset(store, data, "cifake", limit_per_class=args.limit_per_class, progress=say)
     say(f"imported {report.taken} images as cifake@{report.version} ({len(report.skipped)} skipped)")
 
     say(f"training v1 ({args.architecture}, {args.epochs} epochs, up to {args.max_train_images} training images)")
@@ -176,7 +178,7 @@ def run_demo(args: argparse.Namespace) -> int:
     say(f"starting serving on {serve_url}")
     serving = _start(
         "serving",
-        [sys.executable, "-m", "aidetect.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "cli", "serve", "--port", str(port)],
         run_dir,
         # the demo files all its reports at once, like a bulk import; real clients get 30 a minute
         {**env, "AIDETECT_ALIAS_POLL_SECONDS": "1", "AIDETECT_FEEDBACK_BURST": "1000"},
@@ -206,7 +208,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
         # One client filed every report, so they wait in quarantine for agreement from other
         # clients or for a reviewer; the demo plays the reviewer (aidetect feedback review accept).
-        reviewed = _review_all(settings.open_store())
+        reviewed = _review_all(configured_store(settings))
         say(f"reviewer accepted {reviewed} quarantined report(s)")
         feedback_version = gather_feedback(misclassified_only=False)
         say(f"gathered feedback into feedback@{feedback_version}")
