@@ -89,12 +89,12 @@ def _accuracy(results: list[dict[str, Any]]) -> float:
 
 
 def _review_all(store: Any) -> int:
-    from feedback.policy import Policy, decide
+    from feedback.policy import configured_policy, decide
     from feedback.reviews import load_reviews, save_review
     from feedback.store import iter_feedback
 
     records = list(iter_feedback(store))
-    decisions = decide(records, load_reviews(store), Policy())
+    decisions = decide(records, load_reviews(store), configured_policy())
     pending = [r.id for r in records if decisions[r.id].status == "quarantined"]
     for feedback_id in pending:
         save_review(store, feedback_id, "accept", "demo", "the demo knows the true labels")

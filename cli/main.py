@@ -46,15 +46,16 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _feedback_state(min_agreeing: int, max_per_client: int) -> tuple[Any, Any, Any, Any]:
-    from feedback.policy import Policy, decide
+def _feedback_state(min_agreeing: int | None, max_per_client: int | None) -> tuple[Any, Any, Any, Any]:
+    from feedback.policy import configured_policy, decide
     from feedback.reviews import load_reviews
     from feedback.store import iter_feedback
 
     store = configured_store(get_settings())
     records = list(iter_feedback(store))
     reviews = load_reviews(store)
-    decisions = decide(records, reviews, Policy(min_agreeing_clients=min_agreeing, max_per_client=max_per_client))
+    policy = configured_policy(min_agreeing_clients=min_agreeing, max_per_client=max_per_client)
+    decisions = decide(records, reviews, policy)
     return store, records, reviews, decisions
 
 
@@ -478,8 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="review_command", required=True
     )
     policy_args = argparse.ArgumentParser(add_help=False)
-    policy_args.add_argument("--min-agreeing-clients", type=_positive_int, default=2)
-    policy_args.add_argument("--max-per-client", type=_positive_int, default=50)
+    policy_args.add_argument(
+        "--min-agreeing-clients", type=_positive_int, help="default: AIDETECT_FEEDBACK_MIN_AGREEING_CLIENTS (2)"
+    )
+    policy_args.add_argument(
+        "--max-per-client", type=_positive_int, help="default: AIDETECT_FEEDBACK_MAX_PER_CLIENT (50)"
+    )
     rls = rev.add_parser("list", help="reports with their status and why", parents=[policy_args])
     rls.add_argument("--status", choices=["quarantined", "accepted", "rejected", "all"], default="quarantined")
     rls.set_defaults(func=_cmd_feedback_list)

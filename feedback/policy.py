@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from feedback.records import FeedbackRecord
+
+if TYPE_CHECKING:
+    from aidetect.settings import Settings
 
 Status = Literal["quarantined", "accepted", "rejected"]
 
@@ -40,12 +43,30 @@ class Review:
 
 @dataclass(frozen=True)
 class Policy:
-    min_agreeing_clients: int = 2
-    max_per_client: int = 50
+    """The numbers of the policy. Their defaults live once, in the settings
+    (``AIDETECT_FEEDBACK_MIN_AGREEING_CLIENTS``, ``AIDETECT_FEEDBACK_MAX_PER_CLIENT``):
+    build one with ``configured_policy``."""
+
+    min_agreeing_clients: int
+    max_per_client: int
 
     def __post_init__(self) -> None:
         if self.min_agreeing_clients < 1 or self.max_per_client < 1:
             raise ValueError("min_agreeing_clients and max_per_client must be at least 1")
+
+
+def configured_policy(
+    settings: Settings | None = None, *, min_agreeing_clients: int | None = None, max_per_client: int | None = None
+) -> Policy:
+    """The policy the settings give, with any number passed here taking their place."""
+    if settings is None:
+        from aidetect.settings import get_settings
+
+        settings = get_settings()
+    return Policy(
+        min_agreeing_clients=min_agreeing_clients or settings.feedback_min_agreeing_clients,
+        max_per_client=max_per_client or settings.feedback_max_per_client,
+    )
 
 
 @dataclass
@@ -133,8 +154,8 @@ def decide(records: list[FeedbackRecord], reviews: dict[str, Review], policy: Po
 
 def select_for_training(
     records: list[FeedbackRecord],
-    reviews: dict[str, Review] | None = None,
-    policy: Policy | None = None,
+    reviews: dict[str, Review],
+    policy: Policy,
     *,
     misclassified_only: bool = True,
 ) -> list[tuple[FeedbackRecord, str]]:
@@ -144,10 +165,9 @@ def select_for_training(
     ``min_agreeing_clients`` of their claimants have credit left (each use spends one credit of
     each claimant). With ``misclassified_only``, images the model already got right are left out.
     """
-    policy = policy or Policy()
     credit: dict[str, int] = defaultdict(lambda: policy.max_per_client)
     chosen: list[tuple[FeedbackRecord, str]] = []
-    verdicts = sorted(judge_images(records, reviews or {}, policy).values(), key=lambda v: v.records[0].created_at)
+    verdicts = sorted(judge_images(records, reviews, policy).values(), key=lambda v: v.records[0].created_at)
     for verdict in verdicts:
         if verdict.status != "accepted" or verdict.label is None:
             continue

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse
 
 from aidetect.settings import Settings, get_settings
 from feedback.outbox import Outbox
-from feedback.policy import Policy
+from feedback.policy import configured_policy
 from model.inference import share_thread_pool
 from serving.batching import MicroBatcher
 from serving.drift_status import DriftStatus
@@ -163,10 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             draining=draining,
             history=History(),
             feedback_limiter=RateLimiter(settings.feedback_per_minute, settings.feedback_burst),
-            feedback_policy=Policy(
-                min_agreeing_clients=settings.feedback_min_agreeing_clients,
-                max_per_client=settings.feedback_max_per_client,
-            ),
+            feedback_policy=configured_policy(settings),
         )
         drift = DriftStatus()
         metrics.watch({"production": holder, **({"shadow": shadow} if shadow else {})}, predlog, drift)

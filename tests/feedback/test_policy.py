@@ -8,6 +8,8 @@ from feedback.policy import Policy, Review, decide, select_for_training
 from feedback.records import FeedbackRecord
 from storage.layout import utcnow
 
+DEFAULTS = {"min_agreeing_clients": 2, "max_per_client": 50}  # the settings defaults, spelled out to test them
+
 START = utcnow()
 
 
@@ -28,7 +30,8 @@ def review(record: FeedbackRecord, decision: str, minute: int = 0) -> Review:
 
 
 def chosen(records: list[FeedbackRecord], reviews: dict[str, Review] | None = None, **policy: int) -> dict[str, str]:
-    return {r.image_sha256: label for r, label in select_for_training(records, reviews, Policy(**policy))}
+    selected = select_for_training(records, reviews or {}, Policy(**{**DEFAULTS, **policy}))
+    return {r.image_sha256: label for r, label in selected}
 
 
 def test_a_flood_of_flipped_labels_from_one_client_enters_nothing() -> None:
@@ -36,7 +39,7 @@ def test_a_flood_of_flipped_labels_from_one_client_enters_nothing() -> None:
     flood = [report(f"f{i}", "real", "attacker", minute=1) for i in range(1000)]
     assert chosen(honest) == {"h0": "ai", "h1": "ai", "h2": "ai"}
     assert chosen(honest + flood) == chosen(honest)  # the next version is exactly what it would have been
-    statuses = decide(flood, {}, Policy())
+    statuses = decide(flood, {}, Policy(**DEFAULTS))
     assert {d.status for d in statuses.values()} == {"quarantined"}
     assert "1 more independent report" in next(iter(statuses.values())).reason
 
@@ -59,7 +62,7 @@ def test_independent_clients_agree_disagree_and_reviewers_decide() -> None:
     disagree = [report("b", "ai", "c1"), report("b", "ai", "c2"), report("b", "real", "c3")]
     right = [report("r", "ai", "c1", predicted="ai"), report("r", "ai", "c2", predicted="ai")]
     records = agree + disagree + right
-    decisions = decide(records, {}, Policy())
+    decisions = decide(records, {}, Policy(**DEFAULTS))
     assert decisions[agree[0].id].status == "accepted"
     assert {decisions[r.id].status for r in disagree} == {"rejected"}
     assert "clients disagree" in decisions[disagree[0].id].reason
@@ -67,7 +70,7 @@ def test_independent_clients_agree_disagree_and_reviewers_decide() -> None:
 
     # a reviewer settles the disagreement, and may overrule a crowd
     reviews = {disagree[2].id: review(disagree[2], "accept"), agree[0].id: review(agree[0], "reject")}
-    decisions = decide(records, reviews, Policy())
+    decisions = decide(records, reviews, Policy(**DEFAULTS))
     assert decisions[disagree[2].id].status == "accepted"
     assert decisions[disagree[0].id].status == "rejected"
     assert "contradicts" in decisions[disagree[0].id].reason
@@ -81,3 +84,13 @@ def test_reviewer_acceptances_are_not_capped_and_the_latest_decision_wins() -> N
     assert len(chosen(lone, reviews, max_per_client=2)) == 5
     reviews[lone[0].id] = review(lone[0], "reject", minute=5)
     assert "l0" not in chosen(lone, reviews, max_per_client=2)
+
+
+def test_the_policy_numbers_come_from_the_settings(monkeypatch) -> None:
+    from aidetect.settings import Settings
+    from feedback.policy import configured_policy
+
+    assert configured_policy(Settings()) == Policy(**DEFAULTS)
+    monkeypatch.setenv("AIDETECT_FEEDBACK_MIN_AGREEING_CLIENTS", "3")
+    assert configured_policy(Settings()).min_agreeing_clients == 3
+    assert configured_policy(Settings(), max_per_client=7) == Policy(min_agreeing_clients=3, max_per_client=7)
