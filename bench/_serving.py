@@ -59,13 +59,14 @@ def export_model(architecture: str, out: Path) -> int:
 
 def register(store_root: Path, model_dir: Path, size: int, promote: bool = True) -> str:
     """Register the exported files as a new version in a local store (and promote it)."""
+    from model.card import ModelCard
     from model.registry import Registry
     from storage import LocalStore
 
     registry = Registry(LocalStore(store_root))
     version = registry.register(
         {"model.onnx": model_dir / "model.onnx", "canaries.npz": (model_dir / "canaries.npz").read_bytes()},
-        {"threshold": 0.5, "input_size": size, "config": {"name": "bench"}},
+        ModelCard(input_size=size, config={"name": "bench"}),
     )
     if promote:
         registry.promote(version, reason="benchmark")

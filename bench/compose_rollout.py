@@ -165,6 +165,7 @@ def main() -> None:
             }
         )
         from aidetect.settings import Settings
+        from model.card import ModelCard
         from model.registry import Registry
 
         model_dir = work / "model"
@@ -173,7 +174,7 @@ def main() -> None:
         canaries = io.BytesIO((model_dir / "canaries.npz").read_bytes())
         version = registry.register(
             {"model.onnx": model_dir / "model.onnx", "canaries.npz": canaries.getvalue()},
-            {"threshold": 0.5, "input_size": size, "config": {"name": "bench"}},
+            ModelCard(input_size=size, config={"name": "bench"}),
         )
         registry.promote(version, reason="benchmark")
 

@@ -125,18 +125,19 @@ def _cmd_model_list(args: argparse.Namespace) -> int:
     registry = Registry(configured_store(get_settings()))
     live, _ = registry.alias(args.alias)
     for version in registry.versions():
-        meta = registry.metadata(version)
-        accuracy = meta.get("metrics", {}).get("test", {}).get("accuracy")
-        verdict = "blessed" if meta.get("gate", {}).get("blessed") else "rejected"
+        card = registry.metadata(version)
+        accuracy = (card.metrics.test or {}).get("accuracy")
+        verdict = "blessed" if card.blessed else "rejected"
         marker = f"  <- {args.alias}" if live and live.version == version else ""
-        print(f"{version}\t{meta['config']['name']}\ttest accuracy {accuracy:.4f}\t{verdict}{marker}")
+        measured = f"test accuracy {accuracy:.4f}" if accuracy is not None else "test accuracy not measured"
+        print(f"{version}\t{card.name}\t{measured}\t{verdict}{marker}")
     return 0
 
 
 def _cmd_model_show(args: argparse.Namespace) -> int:
     from model.registry import Registry
 
-    print(json.dumps(Registry(configured_store(get_settings())).metadata(args.version), indent=2))
+    print(Registry(configured_store(get_settings())).metadata(args.version).model_dump_json(indent=2))
     return 0
 
 
@@ -161,7 +162,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from model.inference import share_thread_pool
     from model.preprocess import InvalidImage, decode_image, to_model_input
     from serving.runtime import ModelHolder, ModelRefused
-    from serving.state import calibrated
 
     files = [Path(f) for f in args.files]
     missing = [str(f) for f in files if not f.is_file()]
@@ -188,7 +188,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             rows.append({"file": str(path), "error": str(exc)})
             continue
         raw = float(live.model.predict(pixels[None])[0][0])
-        label, p_ai = calibrated(live, raw)
+        label, p_ai = live.verdict(raw)
         rows.append({"file": str(path), "label": label, "p_ai": round(p_ai, 4), "model_version": live.version})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -283,10 +283,10 @@ def _cmd_model_evaluate(args: argparse.Namespace) -> int:
         live = holder.load_version(args.version)
     except (ModelRefused, NotFound) as exc:
         raise UsageError(f"model {args.version} cannot be evaluated: {exc}") from None
-    beta = live.metadata.get("train", {}).get("beta")
+    beta = live.card.beta
     tiers = ("clean",) if args.clean_only else TIERS
     _progress(f"evaluating {args.version} on {len(data)} images ({len(skipped)} skipped), tiers: {', '.join(tiers)}")
-    metrics, scores = evaluate_model(live.model, data, None, live.temperature, beta, tiers)
+    metrics, scores = evaluate_model(live.model, data, None, live.card.temperature, beta, tiers)
     out = Path(args.out or f"evaluation-{args.version}")
     plots = evaluation_plots(data.y, scores, metrics, out / "plots", label=args.version)
     report = {

@@ -10,9 +10,7 @@ from dataclasses import asdict
 
 from feedback.policy import Review
 from storage import ObjectStore
-from storage.layout import utcnow
-
-REVIEWS = "feedback-reviews/"
+from storage.layout import FEEDBACK_REVIEWS, review_key, review_prefix, utcnow
 
 
 def save_review(store: ObjectStore, feedback_id: str, decision: str, reviewer: str, note: str | None = None) -> Review:
@@ -20,7 +18,7 @@ def save_review(store: ObjectStore, feedback_id: str, decision: str, reviewer: s
         raise ValueError(f"a decision is accept or reject, got {decision!r}")
     now = utcnow()
     review = Review(feedback_id, decision, reviewer, now.isoformat(), note)  # type: ignore[arg-type]
-    key = f"{REVIEWS}{feedback_id}/{now:%Y%m%dT%H%M%S%fZ}.json"
+    key = review_key(feedback_id, now)
     store.put(key, json.dumps(asdict(review)).encode(), if_none_match=True)
     return review
 
@@ -28,7 +26,7 @@ def save_review(store: ObjectStore, feedback_id: str, decision: str, reviewer: s
 def load_reviews(store: ObjectStore, feedback_ids: list[str] | None = None) -> dict[str, Review]:
     """The latest decision per report id (of every report, or of ``feedback_ids``)."""
     latest: dict[str, Review] = {}
-    prefixes = [REVIEWS] if feedback_ids is None else [f"{REVIEWS}{i}/" for i in feedback_ids]
+    prefixes = [FEEDBACK_REVIEWS] if feedback_ids is None else [review_prefix(i) for i in feedback_ids]
     keys = sorted(key for prefix in prefixes for key in store.list(prefix))
     for key in sorted(keys, key=lambda k: k.rsplit("/", 1)[1]):
         if key.endswith(".json"):

@@ -23,7 +23,7 @@ def report_status(
     store: ObjectStore, record: FeedbackRecord, policy: Policy, dataset: str = "feedback"
 ) -> ReportStatus:
     """The policy's decision on ``record`` (over the reports of its image), and where it was used."""
-    import json
+    from pydantic import ValidationError
 
     from model.data import list_datasets, read_version_info
     from model.registry import Registry
@@ -40,8 +40,8 @@ def report_status(
         registry = Registry(store)
         for version in registry.versions():
             try:
-                used = registry.metadata(version).get("datasets", [])
-            except (NotFound, json.JSONDecodeError):
+                used = registry.metadata(version).datasets
+            except (NotFound, ValidationError):
                 continue
             if any(ref in used for ref in status.dataset_versions):
                 status.model_versions.append(version)

@@ -14,9 +14,8 @@ from datetime import datetime
 
 from feedback.records import FeedbackRecord
 from storage import NotFound, ObjectStore, PreconditionFailed
-from storage.layout import FEEDBACK, feedback_key
+from storage.layout import FEEDBACK, feedback_index_key, feedback_index_prefix, feedback_key
 
-INDEX = "feedback-index/"
 _DATED_ID = re.compile(r"(\d{8})[0-9a-f]{12}")
 
 
@@ -29,7 +28,7 @@ def save_feedback(store: ObjectStore, record: FeedbackRecord) -> str:
     with contextlib.suppress(PreconditionFailed):
         store.put(key, record.model_dump_json(indent=2).encode(), if_none_match=True)
     with contextlib.suppress(PreconditionFailed):
-        store.put(f"{INDEX}{record.image_sha256}/{record.id}", b"", if_none_match=True)
+        store.put(feedback_index_key(record.image_sha256, record.id), b"", if_none_match=True)
     return key
 
 
@@ -61,7 +60,7 @@ def get_feedback(store: ObjectStore, feedback_id: str) -> FeedbackRecord | None:
 def reports_of_image(store: ObjectStore, sha256: str) -> list[FeedbackRecord]:
     """Every report about one image (from the index)."""
     records = []
-    for key in store.list(f"{INDEX}{sha256}/"):
+    for key in store.list(feedback_index_prefix(sha256)):
         record = get_feedback(store, key.rsplit("/", 1)[1])
         if record is not None:
             records.append(record)

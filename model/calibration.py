@@ -6,7 +6,8 @@ numpy only: serving imports this on every request path.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -14,6 +15,8 @@ import numpy as np
 # mean the same logit whether it arrives as float32 or float64, and keeps logits finite.
 _EPS = 1e-7
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+Label = Literal["ai", "real", "uncertain"]
 
 
 def logit(p: Any) -> np.ndarray:
@@ -76,12 +79,26 @@ def fit_temperature(y_true: Any, p_ai: Any, bounds: tuple[float, float] = (0.05,
     return float(math.exp((lo + hi) / 2.0))
 
 
-def verdict(p_calibrated: float, threshold: float = 0.5, uncertain_band: tuple[float, float] | None = None) -> str:
+def verdict(p_calibrated: float, threshold: float = 0.5, uncertain_band: tuple[float, float] | None = None) -> Label:
     """ "uncertain" when band[0] <= p < band[1], else "ai" when p >= threshold, else "real"."""
     p = float(p_calibrated)
     if uncertain_band is not None and uncertain_band[0] <= p < uncertain_band[1]:
         return "uncertain"
     return "ai" if p >= threshold else "real"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How a model's raw score becomes what users see (from its card: ``ModelCard.calibration``)."""
+
+    temperature: float = 1.0
+    threshold: float = 0.5
+    uncertain_band: tuple[float, float] | None = None
+
+    def __call__(self, raw_score: float) -> tuple[Label, float]:
+        """(verdict, calibrated P(ai)) for a raw score: what serving answers and drift references log."""
+        p = float(np.clip(apply_temperature(np.float32(raw_score), self.temperature), 0.0, 1.0))
+        return verdict(p, self.threshold, self.uncertain_band), p
 
 
 def fit_uncertain_band(

@@ -34,22 +34,20 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from model.calibration import apply_temperature, verdict
+from model.calibration import Calibration
 from model.features import FEATURE_NAMES, image_statistics
 from model.preprocess import InvalidImage, decode_image, to_model_input
-from storage import ObjectStore
-from storage.layout import PREDICTIONS
+from storage.predictions import REFERENCE_SCHEMA
 
+DEFAULT_CALIBRATION = Calibration()
 REFERENCE_FILE = "reference.parquet"
 DRIFT_CALIBRATION_FILE = "drift_calibration.json"
 
@@ -67,34 +65,11 @@ CALIBRATION_WINDOW = (400, 200)  # (reference, current) rows of a calibration sp
 TAIL_FACTOR = 10  # thresholds are read where no-drift scores are this many times likelier than the target
 BATCH = 256  # images decoded and scored at a time when building a reference
 
-# The prediction-log columns a reference has, with the same types.
-_REFERENCE_TYPES: dict[str, pa.DataType] = {
-    "width": pa.int32(),
-    "height": pa.int32(),
-    "brightness": pa.float32(),
-    "contrast": pa.float32(),
-    "saturation": pa.float32(),
-    "sharpness": pa.float32(),
-    "jpeg_quality": pa.float32(),
-    "format": pa.string(),
-    "bytes": pa.int64(),
-    "probability": pa.float32(),
-    "raw_score": pa.float32(),
-    "label": pa.string(),
-    "embedding": pa.list_(pa.float16()),
-}
-
-
 # --- reference --------------------------------------------------------------------------------
 
 
 def reference_rows(
-    onnx_path: Path | str,
-    images: Sequence[bytes],
-    temperature: float = 1.0,
-    *,
-    threshold: float = 0.5,
-    uncertain_band: tuple[float, float] | None = None,
+    onnx_path: Path | str, images: Sequence[bytes], calibration: Calibration = DEFAULT_CALIBRATION
 ) -> pd.DataFrame:
     """One row per image, with the prediction log's columns computed as serving computes them.
 
@@ -118,23 +93,23 @@ def reference_rows(
             continue
         raw, embedding = model.predict(np.stack(pixels))
         for row, score in zip(chunk_rows, raw, strict=True):
-            p = float(np.clip(apply_temperature(np.float32(score), temperature), 0.0, 1.0))
-            row.update(probability=p, raw_score=float(score), label=verdict(p, threshold, uncertain_band))
+            label, p = calibration(float(score))
+            row.update(probability=p, raw_score=float(score), label=label)
         rows.extend(chunk_rows)
         embeddings.extend(embedding.astype(np.float16))
     return _arrow(rows, embeddings).to_pandas()
 
 
 def _arrow(rows: list[dict[str, Any]], embeddings: list[np.ndarray]) -> pa.Table:
-    columns = {name: [row.get(name) for row in rows] for name in _REFERENCE_TYPES if name != EMBEDDING}
+    columns = {name: [row.get(name) for row in rows] for name in REFERENCE_SCHEMA.names if name != EMBEDDING}
     columns[EMBEDDING] = [e.tolist() for e in embeddings]
-    return pa.table(columns, schema=pa.schema(list(_REFERENCE_TYPES.items())))
+    return pa.table(columns, schema=REFERENCE_SCHEMA)
 
 
 def reference_parquet(reference: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
-    table = pa.Table.from_pandas(reference[list(_REFERENCE_TYPES)], preserve_index=False)
-    pq.write_table(table.cast(pa.schema(list(_REFERENCE_TYPES.items()))), buffer, compression="zstd")
+    table = pa.Table.from_pandas(reference[REFERENCE_SCHEMA.names], preserve_index=False)
+    pq.write_table(table.cast(REFERENCE_SCHEMA), buffer, compression="zstd")
     return buffer.getvalue()
 
 
@@ -143,19 +118,13 @@ def read_reference(data: bytes) -> pd.DataFrame:
 
 
 def build_reference_files(
-    onnx_path: Path | str,
-    images: Sequence[bytes],
-    temperature: float = 1.0,
-    *,
-    threshold: float = 0.5,
-    uncertain_band: tuple[float, float] | None = None,
+    onnx_path: Path | str, images: Sequence[bytes], calibration: Calibration = DEFAULT_CALIBRATION
 ) -> dict[str, bytes]:
     """``{REFERENCE_FILE: parquet, DRIFT_CALIBRATION_FILE: json}`` for a model version's files."""
-    reference = reference_rows(onnx_path, images, temperature, threshold=threshold, uncertain_band=uncertain_band)
-    calibration = calibrate(reference)
+    reference = reference_rows(onnx_path, images, calibration)
     return {
         REFERENCE_FILE: reference_parquet(reference),
-        DRIFT_CALIBRATION_FILE: json.dumps(calibration, indent=2).encode(),
+        DRIFT_CALIBRATION_FILE: json.dumps(calibrate(reference), indent=2).encode(),
     }
 
 
@@ -517,38 +486,3 @@ def _report_scores(report: dict[str, Any], reference_rows: int, current_rows: in
     if prediction_p is None or mmd is None:
         raise RuntimeError("the Evidently report lacks the prediction or embedding drift result")
     return _Scores(stats, prediction_p, mmd, reference_rows, current_rows)
-
-
-# --- the prediction log -----------------------------------------------------------------------
-
-
-def load_prediction_window(
-    store: ObjectStore, start: datetime, end: datetime, model_version: str | None = None
-) -> pd.DataFrame:
-    """Predictions logged in ``[start, end)`` (by ``model_version`` if given), from the hourly files.
-
-    Only the hour folders that can hold such rows are listed: a batch file sits in the hour of its
-    first record, so the hour before ``start`` is read too.
-    """
-    start, end = as_utc(start), as_utc(end)
-    hour = start.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-    tables = []
-    while hour < end:
-        for key in sorted(k for k in store.list(f"{PREDICTIONS}{hour:%Y/%m/%d/%H}/") if k.endswith(".parquet")):
-            tables.append(pq.read_table(io.BytesIO(store.get(key))))
-        hour += timedelta(hours=1)
-    if not tables:
-        return pd.DataFrame(columns=["id", "created_at", "model_version", *_REFERENCE_TYPES])
-    table = pa.concat_tables(tables, promote_options="default")
-    created = table["created_at"]
-    keep = pc.and_(
-        pc.greater_equal(created, pa.scalar(start, created.type)), pc.less(created, pa.scalar(end, created.type))
-    )
-    if model_version is not None:
-        keep = pc.and_(keep, pc.equal(table["model_version"], model_version))
-    return table.filter(keep).to_pandas()
-
-
-def as_utc(moment: datetime) -> datetime:
-    """``moment`` in UTC; a naive one is taken to be UTC already."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

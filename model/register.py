@@ -15,13 +15,13 @@ import hashlib
 import io
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from model.card import CANARIES_FILE, KERAS_FILE, ONNX_FILE, ModelCard, RegisteredFrom
 from model.inference import OnnxModel
 from model.preprocess import FITS
-from model.registry import CANARIES_FILE, KERAS_FILE, ONNX_FILE, Registry
+from model.registry import Registry
 from storage import ObjectStore
 
 CANARY_COUNT = 8
@@ -146,16 +146,14 @@ def register_model_file(
         np.savez_compressed(buffer, inputs=canaries["inputs"], expected=canaries["expected"])
         files[ONNX_FILE] = model.path.read_bytes()
         files[CANARIES_FILE] = buffer.getvalue()
-        metadata: dict[str, Any] = {
-            "input_size": model.image_size,
-            "input_fit": model.input_fit,
-            "class_names": ["real", "ai"],
-            "threshold": float(threshold),
-            "temperature": float(temperature),
-            "uncertain_band": None,
-            "parity_max_abs_diff": parity_value,
-            "embedding_dim": int(embeddings.shape[1]),
-            "registered_from": {"file": path.name, "kind": kind, "sha256": hashlib.sha256(data).hexdigest()},
-            "note": note,
-        }
-        return Registry(store).register(files, metadata)
+        card = ModelCard(
+            input_size=model.image_size,
+            input_fit=model.input_fit,
+            threshold=float(threshold),
+            temperature=float(temperature),
+            parity_max_abs_diff=parity_value,
+            embedding_dim=int(embeddings.shape[1]),
+            registered_from=RegisteredFrom(file=path.name, kind=kind, sha256=hashlib.sha256(data).hexdigest()),
+            note=note,
+        )
+        return Registry(store).register(files, card)

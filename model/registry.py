@@ -19,13 +19,21 @@ from typing import Any
 import numpy as np
 
 from aidetect.settings import PRODUCTION_ALIAS
+from model.card import CANARIES_FILE, INT8_FILE, KERAS_FILE, METADATA_FILE, ONNX_FILE, ModelCard
 from storage import NotFound, ObjectStore, PreconditionFailed
 from storage.layout import EVENTS, MODELS, alias_key, event_key, model_prefix, new_version_id, utcnow
 
-ONNX_FILE = "model.onnx"
-KERAS_FILE = "model.keras"
-METADATA_FILE = "metadata.json"
-CANARIES_FILE = "canaries.npz"
+__all__ = [
+    "CANARIES_FILE",
+    "INT8_FILE",
+    "KERAS_FILE",
+    "METADATA_FILE",
+    "ONNX_FILE",
+    "AliasConflict",
+    "AliasRecord",
+    "ModelCard",
+    "Registry",
+]
 
 
 class AliasConflict(Exception):
@@ -46,8 +54,8 @@ class Registry:
         self.store = store
 
     # versions ---------------------------------------------------------------------------
-    def register(self, files: dict[str, Path | bytes], metadata: dict[str, Any]) -> str:
-        """Upload the files of a new version, then its metadata. Returns the version id."""
+    def register(self, files: dict[str, Path | bytes], card: ModelCard) -> str:
+        """Upload the files of a new version, then its card. Returns the version id."""
         if ONNX_FILE not in files:
             raise ValueError(f"a model version needs {ONNX_FILE}")
         version = new_version_id()
@@ -57,14 +65,15 @@ class Registry:
             data = content.read_bytes() if isinstance(content, Path) else content
             hashes[name] = hashlib.sha256(data).hexdigest()
             self.store.put(prefix + name, data, if_none_match=True)
-        meta = {
-            **metadata,
-            "version": version,
-            "registered_at": utcnow().isoformat(),
-            "sha256": hashes[ONNX_FILE],
-            "files": hashes,
-        }
-        self.store.put(prefix + METADATA_FILE, json.dumps(meta, indent=2).encode(), if_none_match=True)
+        card = card.model_copy(
+            update={
+                "version": version,
+                "registered_at": utcnow().isoformat(),
+                "sha256": hashes[ONNX_FILE],
+                "files": hashes,
+            }
+        )
+        self.store.put(prefix + METADATA_FILE, card.to_json(), if_none_match=True)
         self.record_event("registered", version)
         return version
 
@@ -76,9 +85,10 @@ class Registry:
             if key.count("/") == 2 and key.endswith("/" + METADATA_FILE)
         )
 
-    def metadata(self, version: str) -> dict[str, Any]:
+    def metadata(self, version: str) -> ModelCard:
+        """The card of a registered version."""
         try:
-            return dict(json.loads(self.store.get(model_prefix(version) + METADATA_FILE)))
+            return ModelCard.model_validate_json(self.store.get(model_prefix(version) + METADATA_FILE))
         except NotFound:
             raise NotFound(f"model version {version!r} is not registered") from None
 
@@ -107,7 +117,7 @@ class Registry:
         current, etag = self.alias(alias)
         record = AliasRecord(
             version=version,
-            sha256=meta["sha256"],
+            sha256=meta.sha256,
             updated_at=utcnow().isoformat(),
             reason=reason,
             previous=current.version if current else None,

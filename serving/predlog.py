@@ -2,10 +2,10 @@
 
 ``add`` only appends to a buffer (no I/O on the request path). A background task writes the
 buffer as one Parquet file under ``predictions/<yyyy>/<mm>/<dd>/<hh>/<batch>.parquet`` every
-few seconds or when it is full. If the store refuses, the file goes to a local spool folder
-(written atomically) and is sent later, oldest first; a create-only put makes the resend
-idempotent, so nothing is lost and nothing is written twice. Drift monitoring reads these
-files.
+few seconds or when it is full (schema, record and key: ``storage.predictions`` and
+``storage.layout``). If the store refuses, the file goes to a local spool folder (written
+atomically) and is sent later, oldest first; a create-only put makes the resend idempotent, so
+nothing is lost and nothing is written twice. Drift monitoring reads these files.
 """
 
 from __future__ import annotations
@@ -17,43 +17,14 @@ import logging
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage import ObjectStore, PreconditionFailed, StoreError
-from storage.layout import PREDICTIONS, new_version_id
+from storage.layout import new_version_id, parse_prediction_log_key, prediction_log_key
+from storage.predictions import PredictionRecord, encode
 
 log = logging.getLogger("aidetect.serving")
-
-SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("model_version", pa.string()),
-        ("variant", pa.string()),
-        ("probability", pa.float32()),
-        ("raw_score", pa.float32()),
-        ("label", pa.string()),
-        ("latency_ms", pa.float32()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("format", pa.string()),
-        ("bytes", pa.int64()),
-        ("brightness", pa.float32()),
-        ("contrast", pa.float32()),
-        ("saturation", pa.float32()),
-        ("sharpness", pa.float32()),
-        ("jpeg_quality", pa.float32()),
-        ("image_sha256", pa.string()),
-        ("embedding", pa.list_(pa.float16())),
-        ("shadow_version", pa.string()),
-        ("shadow_probability", pa.float32()),
-        ("shadow_label", pa.string()),
-    ]
-)
-
 
 MAX_BUFFERED = 200_000  # records in memory at most (about 1 GB with 768-d embeddings)
 
@@ -65,15 +36,16 @@ def _rows(path: Path) -> int:
         return 0
 
 
-def prediction_log_key(when: datetime, batch_id: str) -> str:
-    return f"{PREDICTIONS}{when:%Y/%m/%d/%H}/{batch_id}.parquet"
+def _spool_name(key: str) -> str:
+    """``predictions/2026/03/02/12/<batch>.parquet`` -> ``2026_03_02_12_<batch>.parquet``."""
+    hour, batch_id = parse_prediction_log_key(key)
+    return f"{hour:%Y_%m_%d_%H}_{batch_id}.parquet"
 
 
-def encode(records: list[dict[str, Any]]) -> bytes:
-    columns = {name: [r.get(name) for r in records] for name in SCHEMA.names}
-    buffer = io.BytesIO()
-    pq.write_table(pa.table(columns, schema=SCHEMA), buffer, compression="zstd")
-    return buffer.getvalue()
+def _key_of_spool_name(name: str) -> str:
+    yyyy, mm, dd, hh, rest = name.split("_", 4)
+    hour = datetime(int(yyyy), int(mm), int(dd), int(hh), tzinfo=UTC)
+    return prediction_log_key(hour, rest.removesuffix(".parquet"))
 
 
 class PredictionLog:
@@ -86,13 +58,13 @@ class PredictionLog:
         self.spooled_records = 0
         self.write_errors = 0
         self.dropped_records = 0
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[PredictionRecord] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._full = asyncio.Event()
         spool_dir.mkdir(parents=True, exist_ok=True)
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, record: PredictionRecord) -> None:
         with self._lock:
             if len(self._buffer) >= MAX_BUFFERED:  # the disk refuses even the spool: shed, and count it
                 self.dropped_records += 1
@@ -117,9 +89,7 @@ class PredictionLog:
                 records, self._buffer = self._buffer, []
             for start in range(0, len(records), self.batch_size):
                 chunk = records[start : start + self.batch_size]
-                when = chunk[0].get("created_at") or datetime.now(UTC)
-                batch_id = new_version_id()
-                name = prediction_log_key(when, batch_id)[len(PREDICTIONS) :].replace("/", "_")
+                name = _spool_name(prediction_log_key(chunk[0].created_at, new_version_id()))
                 try:
                     data = encode(chunk)
                 except Exception:  # a record that does not fit the schema: a bug; keep the others flowing
@@ -144,8 +114,7 @@ class PredictionLog:
         sent = 0
         for path in self.spooled_files():
             try:
-                yyyy, mm, dd, hh, batch_id = path.name.split("_", 4)
-                key = f"{PREDICTIONS}{yyyy}/{mm}/{dd}/{hh}/{batch_id}"
+                key = _key_of_spool_name(path.name)
                 data = path.read_bytes()
                 rows = pq.read_metadata(io.BytesIO(data)).num_rows
             except Exception as exc:  # set it aside rather than block every file behind it

@@ -41,9 +41,10 @@ from serving.schemas import (
     PredictionOut,
     ShadowOut,
 )
-from serving.state import ServingState, calibrated, in_loader, now
+from serving.state import ServingState, in_loader, now
 from storage import StoreError
 from storage.layout import image_extension, image_key, put_image
+from storage.predictions import PredictionRecord
 
 router = APIRouter()
 HEATMAP_CHUNK = 8
@@ -115,30 +116,26 @@ async def _predict_one(state: ServingState, live: LiveModel, file: UploadFile) -
     started = time.perf_counter()
     data = await _read_upload(file, state.settings.max_upload_bytes)
     image, pixels, raw, embedding = await _infer(state, live, data)
-    label, probability = calibrated(live, raw)
+    label, probability = live.verdict(raw)
     latency_ms = (time.perf_counter() - started) * 1000
     prediction_id = secrets.token_hex(8)
     ext = image_extension(image.format)
     state.recent.add(RecentPrediction(prediction_id, data, ext, label, probability, live.version))
     state.metrics.predictions.labels(label).inc()
-    state.log_prediction(
-        {
-            "id": prediction_id,
-            "created_at": now(),
-            "model_version": live.version,
-            "variant": live.variant,
-            "probability": probability,
-            "raw_score": raw,
-            "label": label,
-            "latency_ms": latency_ms,
-            "bytes": len(data),
-            "image_sha256": hashlib.sha256(data).hexdigest(),
-            "embedding": embedding.astype(np.float16).tolist(),
-        },
-        image,
-        data,
-        pixels,
+    record = PredictionRecord(
+        id=prediction_id,
+        created_at=now(),
+        model_version=live.version,
+        variant=live.variant,
+        probability=probability,
+        raw_score=raw,
+        label=label,
+        latency_ms=latency_ms,
+        bytes=len(data),
+        image_sha256=hashlib.sha256(data).hexdigest(),
+        embedding=embedding.astype(np.float16).tolist(),
     )
+    state.log_prediction(record, image, data, pixels)
     return PredictionOut(
         id=prediction_id,
         label=label,  # type: ignore[arg-type]
@@ -391,7 +388,7 @@ async def submit_feedback(
             live = state.holder.current
             if live is not None:  # record what the live model says about it
                 image, _, raw, _ = await _infer(state, live, data)
-                predicted, score = calibrated(live, raw)
+                predicted, score = live.verdict(raw)
                 version = live.version
             else:
                 image = await asyncio.to_thread(decode_image, data)
@@ -498,7 +495,7 @@ def _model_out(holder_alias: str, live: LiveModel, swaps: int, refused: int, las
         swaps=swaps,
         refused=refused,
         last_error=last_error,
-        metadata=live.metadata,
+        metadata=live.card.model_dump(mode="json"),
     )
 
 

@@ -24,13 +24,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from aidetect.settings import PRODUCTION_ALIAS
+from model.calibration import Label
+from model.card import METADATA_FILE, ModelCard, Variant
 from model.inference import OnnxModel, compare_canaries
-from model.registry import ONNX_FILE, AliasRecord, Registry
+from model.registry import AliasRecord, Registry
 from storage import NotFound, ObjectStore, StoreError
 
 log = logging.getLogger("aidetect.serving")
@@ -42,33 +44,23 @@ LAST_GOOD = "last-good.json"
 CANARY_TOLERANCE = 1e-4
 INT8_OWN_TOLERANCE = 1e-3
 INT8_KERAS_TOLERANCE = 0.25
-Variant = Literal["fp32", "int8"]
 
 
 @dataclass(frozen=True)
 class LiveModel:
     version: str
-    metadata: dict[str, Any]
+    card: ModelCard
     model: OnnxModel
     variant: Variant = "fp32"
     loaded_at: float = field(default_factory=time.time)
 
     @property
-    def threshold(self) -> float:
-        return float(self.metadata.get("threshold", 0.5))
-
-    @property
     def image_size(self) -> int:
         return self.model.image_size
 
-    @property
-    def temperature(self) -> float:
-        return float(self.metadata.get("temperature", 1.0))
-
-    @property
-    def uncertain_band(self) -> tuple[float, float] | None:
-        band = self.metadata.get("uncertain_band")
-        return (float(band[0]), float(band[1])) if band else None
+    def verdict(self, raw_score: float) -> tuple[Label, float]:
+        """(verdict, calibrated P(ai)) as this model's card says to answer."""
+        return self.card.calibration(raw_score)
 
 
 class ModelRefused(Exception):
@@ -79,15 +71,12 @@ class ModelRefused(Exception):
         self.reason = reason
 
 
-def model_file(metadata: dict[str, Any], variant: Variant) -> tuple[str, str]:
+def model_file(card: ModelCard, variant: Variant) -> tuple[str, str]:
     """(file name, expected sha256) of a version's ONNX file for ``variant``."""
-    if variant == "fp32":
-        return ONNX_FILE, str(metadata["sha256"])
-    int8 = metadata.get("int8") or {}
-    name = int8.get("file")
-    if not name or name not in metadata.get("files", {}):
-        raise ModelRefused("missing", f"version {metadata.get('version')} has no INT8 variant")
-    return name, str(metadata["files"][name])
+    try:
+        return card.file_for(variant)
+    except KeyError:
+        raise ModelRefused("missing", f"version {card.version} has no {variant.upper()} variant") from None
 
 
 class ModelHolder:
@@ -179,14 +168,14 @@ class ModelHolder:
 
     def load_version(self, version: str) -> LiveModel:
         """One version by name, checked as a swap checks it (sha256, shape, warm-up, canaries); not made live."""
-        metadata = self.registry.metadata(version)
-        return self._load(AliasRecord(version, str(metadata.get("sha256")), "", "", None))
+        card = self.registry.metadata(version)
+        return self._load(AliasRecord(version, card.sha256, "", "", None))
 
     def _load(self, record: AliasRecord) -> LiveModel:
-        metadata = self.registry.metadata(record.version)
-        if metadata.get("sha256") != record.sha256:
+        card = self.registry.metadata(record.version)
+        if card.sha256 != record.sha256:
             raise ModelRefused("checksum", "alias sha256 does not match the registered model")
-        name, expected = model_file(metadata, self.variant)
+        name, expected = model_file(card, self.variant)
         folder = self.cache_dir / record.version
         path = folder / name
         if not path.is_file() or _sha256(path) != expected:
@@ -199,13 +188,13 @@ class ModelHolder:
             canaries = self.registry.canaries(record.version)
         except NotFound:
             raise ModelRefused("missing", "the version has no canaries.npz") from None
-        model = self._open(path, metadata, canaries)
-        (folder / "metadata.json").write_text(json.dumps(metadata))
-        live = LiveModel(record.version, metadata, model, self.variant)
+        model = self._open(path, card, canaries)
+        (folder / METADATA_FILE).write_bytes(card.to_json())
+        live = LiveModel(record.version, card, model, self.variant)
         self._remember(live, name)
         return live
 
-    def _open(self, path: Path, metadata: dict[str, Any], canaries: dict[str, np.ndarray] | None = None) -> OnnxModel:
+    def _open(self, path: Path, card: ModelCard, canaries: dict[str, np.ndarray] | None = None) -> OnnxModel:
         """Build the session, check its shape, warm it up, run the canaries."""
         try:
             # On the inference thread too: building a session uses the shared onnxruntime pool, and a
@@ -214,12 +203,10 @@ class ModelHolder:
             model = self.runner(lambda: OnnxModel(path, threads=self.threads))
         except Exception as exc:  # onnxruntime raises its own exception types for broken graphs
             raise ModelRefused("load", f"onnxruntime cannot load it: {exc}") from None
-        expected_size = metadata.get("input_size")
-        if expected_size is not None and int(expected_size) != model.image_size:
-            raise ModelRefused("shape", f"graph takes {model.image_size} px, metadata says {expected_size}")
-        expected_fit = metadata.get("input_fit")
-        if expected_fit is not None and expected_fit != model.input_fit:
-            raise ModelRefused("shape", f"graph is fed by {model.input_fit!r}, metadata says {expected_fit!r}")
+        if card.input_size != model.image_size:
+            raise ModelRefused("shape", f"graph takes {model.image_size} px, its card says {card.input_size}")
+        if card.input_fit != model.input_fit:
+            raise ModelRefused("shape", f"graph is fed by {model.input_fit!r}, its card says {card.input_fit!r}")
         try:
             warm = self._scores(model, np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
         except Exception as exc:
@@ -282,19 +269,19 @@ class ModelHolder:
             cached = json.loads(marker.read_text())
             version, name = cached["version"], cached["file"]
             folder = self.cache_dir / version
-            metadata = json.loads((folder / "metadata.json").read_text())
+            card = ModelCard.model_validate_json((folder / METADATA_FILE).read_bytes())
             if cached.get("variant", "fp32") != self.variant:
                 raise ModelRefused("missing", f"cached file is {cached.get('variant')}, serving wants {self.variant}")
-            _, expected = model_file(metadata, self.variant)
+            _, expected = model_file(card, self.variant)
             if _sha256(folder / name) != expected:
                 raise ModelRefused("checksum", "cached file does not match its sha256")
-            model = self._open(folder / name, metadata)
+            model = self._open(folder / name, card)
         except (OSError, KeyError, ValueError, ModelRefused) as exc:
             log.error("cached model unusable: %s", exc)
             return False
         with self._refresh_lock:
             if self.current is None:
-                self.current = LiveModel(version, metadata, model, self.variant)
+                self.current = LiveModel(version, card, model, self.variant)
         log.warning("object store unreachable: serving cached model %s", version)
         return True
 

@@ -19,7 +19,6 @@ from PIL import Image
 from aidetect.settings import Settings
 from feedback.outbox import Outbox
 from feedback.policy import Policy
-from model.calibration import apply_temperature, verdict
 from model.features import image_statistics
 from model.preprocess import to_model_input
 from serving.batching import MicroBatcher
@@ -30,17 +29,12 @@ from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
 from serving.runtime import LiveModel, ModelHolder
 from storage import ObjectStore
+from storage.predictions import PredictionRecord
 
 log = logging.getLogger("aidetect.serving")
 
 T = TypeVar("T")
 SHADOW_BACKLOG = 64  # shadow scores waiting beyond this are dropped, never queued without bound
-
-
-def calibrated(live: LiveModel, raw: float) -> tuple[str, float]:
-    """(verdict, calibrated P(ai)) for a raw model score."""
-    p = float(np.clip(apply_temperature(np.float32(raw), live.temperature), 0.0, 1.0))
-    return verdict(p, live.threshold, live.uncertain_band), p
 
 
 @dataclass
@@ -64,7 +58,7 @@ class ServingState:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     draining: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM (serving.server)
 
-    def log_prediction(self, record: dict[str, Any], image: Image.Image, data: bytes, pixels: np.ndarray) -> None:
+    def log_prediction(self, record: PredictionRecord, image: Image.Image, data: bytes, pixels: np.ndarray) -> None:
         """Finish the log record off the request path (statistics, shadow score), then buffer it."""
         if self.predlog is None and self.shadow is None:
             return
@@ -72,20 +66,21 @@ class ServingState:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    async def _complete(self, record: dict[str, Any], image: Image.Image, data: bytes, pixels: np.ndarray) -> None:
+    async def _complete(self, record: PredictionRecord, image: Image.Image, data: bytes, pixels: np.ndarray) -> None:
         try:
             shadow = self.shadow.current if self.shadow is not None else None
             if shadow is not None and self.rng.random() < self.settings.shadow_share:
                 await self._shadow_score(record, shadow, image, pixels)
             if self.predlog is not None:
                 stats = await asyncio.to_thread(image_statistics, image, data)
-                record.update(stats)
+                for name, value in stats.items():
+                    setattr(record, name, value)
                 self.predlog.add(record)
         except Exception:  # a log record must never take the server down
-            log.exception("could not complete the log record of prediction %s", record.get("id"))
+            log.exception("could not complete the log record of prediction %s", record.id)
 
     async def _shadow_score(
-        self, record: dict[str, Any], shadow: LiveModel, image: Image.Image, pixels: np.ndarray
+        self, record: PredictionRecord, shadow: LiveModel, image: Image.Image, pixels: np.ndarray
     ) -> None:
         if self.shadow_waiting >= SHADOW_BACKLOG:
             self.metrics.shadow.labels("dropped").inc()
@@ -96,9 +91,9 @@ class ServingState:
             if pixels.shape[0] != shadow.image_size or live is None or live.model.input_fit != shadow.model.input_fit:
                 pixels = await asyncio.to_thread(to_model_input, image, shadow.image_size, shadow.model.input_fit)
             raw, _ = await self.batcher.score(shadow.model, pixels)
-            label, p = calibrated(shadow, raw)
-            record.update(shadow_version=shadow.version, shadow_probability=p, shadow_label=label)
-            self.metrics.shadow.labels("agree" if label == record["label"] else "disagree").inc()
+            label, p = shadow.verdict(raw)
+            record.shadow_version, record.shadow_probability, record.shadow_label = shadow.version, p, label
+            self.metrics.shadow.labels("agree" if label == record.label else "disagree").inc()
         except Exception:
             self.metrics.shadow.labels("failed").inc()
             log.exception("shadow scoring with %s failed", shadow.version)

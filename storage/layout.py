@@ -11,6 +11,8 @@ from storage.base import ObjectStore
 IMAGES = "images/"
 DATASETS = "datasets/"
 FEEDBACK = "feedback/"
+FEEDBACK_INDEX = "feedback-index/"  # feedback-index/<image sha256>/<feedback id> (empty): the reports of an image
+FEEDBACK_REVIEWS = "feedback-reviews/"  # feedback-reviews/<feedback id>/<time>.json: append-only decisions
 PREDICTIONS = "predictions/"
 MODELS = "models/"
 ALIASES = "registry/aliases/"
@@ -59,6 +61,41 @@ def feedback_key(created_at: datetime, feedback_id: str) -> str:
     return f"{FEEDBACK}{created_at:%Y/%m/%d}/{feedback_id}.json"
 
 
+def feedback_index_prefix(sha256: str) -> str:
+    return f"{FEEDBACK_INDEX}{sha256}/"
+
+
+def feedback_index_key(sha256: str, feedback_id: str) -> str:
+    return f"{feedback_index_prefix(sha256)}{feedback_id}"
+
+
+def review_prefix(feedback_id: str) -> str:
+    return f"{FEEDBACK_REVIEWS}{feedback_id}/"
+
+
+def review_key(feedback_id: str, at: datetime) -> str:
+    return f"{review_prefix(feedback_id)}{at:%Y%m%dT%H%M%S%fZ}.json"
+
+
+def prediction_log_hour_prefix(hour: datetime) -> str:
+    """``predictions/<yyyy>/<mm>/<dd>/<hh>/``: the files of batches that began in that hour (UTC)."""
+    return f"{PREDICTIONS}{hour:%Y/%m/%d/%H}/"
+
+
+def prediction_log_key(when: datetime, batch_id: str) -> str:
+    """The file of a prediction-log batch whose first record was made at ``when``."""
+    return f"{prediction_log_hour_prefix(when)}{batch_id}.parquet"
+
+
+def parse_prediction_log_key(key: str) -> tuple[datetime, str]:
+    """(hour, batch id) of a ``prediction_log_key``; ValueError for any other key."""
+    parts = key[len(PREDICTIONS) :].split("/") if key.startswith(PREDICTIONS) else []
+    if len(parts) != 5 or not parts[4].endswith(".parquet"):
+        raise ValueError(f"not a prediction-log key: {key!r}")
+    hour = datetime.strptime("/".join(parts[:4]), "%Y/%m/%d/%H").replace(tzinfo=UTC)
+    return hour, parts[4][: -len(".parquet")]
+
+
 def model_prefix(version: str) -> str:
     return f"{MODELS}{version}/"
 
@@ -69,6 +106,18 @@ def alias_key(alias: str) -> str:
 
 def event_key(now: datetime, event_id: str) -> str:
     return f"{EVENTS}{now:%Y%m%dT%H%M%S%fZ}-{event_id}.json"
+
+
+def lock_key(name: str) -> str:
+    return f"{LOCKS}{name}.json"
+
+
+def training_prefix(run_id: str) -> str:
+    return f"{TRAINING}{run_id}/"
+
+
+def features_prefix(extractor: str) -> str:
+    return f"{FEATURES}{extractor}/"
 
 
 def drift_report_prefix(run_id: str) -> str:

@@ -19,8 +19,6 @@ from fastapi.testclient import TestClient
 
 import storage.layout as layout
 from aidetect.settings import Settings
-from feedback.reviews import REVIEWS
-from feedback.store import INDEX
 from model.registry import Registry
 from serving.app import create_app
 from storage import LocalStore, ObjectStore
@@ -164,7 +162,6 @@ def test_documents_are_well_formed() -> None:
 
 # key prefixes, from the code ------------------------------------------------------------------
 PREFIXES = {name: value for name, value in vars(layout).items() if name.isupper() and str(value).endswith("/")}
-PREFIXES |= {"FEEDBACK_INDEX": INDEX, "REVIEWS": REVIEWS}
 
 
 def key(name: str) -> str:
@@ -174,7 +171,7 @@ def key(name: str) -> str:
 def test_every_layout_prefix_is_known_here() -> None:
     assert set(PREFIXES) == {
         "IMAGES", "DATASETS", "FEEDBACK", "PREDICTIONS", "MODELS", "ALIASES", "EVENTS",
-        "DRIFT_REPORTS", "LOCKS", "TRAINING", "FEEDBACK_INDEX", "REVIEWS", "FEATURES",
+        "DRIFT_REPORTS", "LOCKS", "TRAINING", "FEEDBACK_INDEX", "FEEDBACK_REVIEWS", "FEATURES",
     }  # fmt: skip
     # a new prefix in storage/layout.py: decide which role may touch it, then add it above
 
@@ -186,14 +183,14 @@ TRAIN = load("train-model")
 
 # (role, op, prefix name): what each role's code does (see deploy/iam/README.md)
 MAY = [
-    *((SERVING, "get", p) for p in ("ALIASES", "MODELS", "FEEDBACK", "FEEDBACK_INDEX", "REVIEWS", "IMAGES")),
+    *((SERVING, "get", p) for p in ("ALIASES", "MODELS", "FEEDBACK", "FEEDBACK_INDEX", "FEEDBACK_REVIEWS", "IMAGES")),
     *((SERVING, "put", p) for p in ("PREDICTIONS", "IMAGES", "FEEDBACK", "FEEDBACK_INDEX")),
-    *((SERVING, "list", p) for p in ("MODELS", "FEEDBACK_INDEX", "REVIEWS")),
+    *((SERVING, "list", p) for p in ("MODELS", "FEEDBACK_INDEX", "FEEDBACK_REVIEWS")),
     *((ROLLBACK, "put", p) for p in ("ALIASES", "EVENTS")),
-    *((WORKER, "get", p) for p in ("FEEDBACK", "REVIEWS", "IMAGES", "DATASETS", "MODELS", "ALIASES")),
+    *((WORKER, "get", p) for p in ("FEEDBACK", "FEEDBACK_REVIEWS", "IMAGES", "DATASETS", "MODELS", "ALIASES")),
     *((WORKER, "get", p) for p in ("PREDICTIONS", "TRAINING", "LOCKS")),
     *((WORKER, "put", p) for p in ("DATASETS", "MODELS", "ALIASES", "EVENTS", "DRIFT_REPORTS", "LOCKS")),
-    *((WORKER, "list", p) for p in ("FEEDBACK", "REVIEWS", "DATASETS", "MODELS", "PREDICTIONS")),
+    *((WORKER, "list", p) for p in ("FEEDBACK", "FEEDBACK_REVIEWS", "DATASETS", "MODELS", "PREDICTIONS")),
     (WORKER, "delete", "LOCKS"),
     *((TRAIN, "get", p) for p in ("DATASETS", "MODELS")),
     (TRAIN, "put", "TRAINING"),
@@ -203,13 +200,19 @@ MAY = [
 ]
 MAY_NOT = [
     *((SERVING, "delete", p) for p in PREFIXES),
-    *((SERVING, "put", p) for p in ("MODELS", "ALIASES", "EVENTS", "DATASETS", "TRAINING", "LOCKS", "REVIEWS")),
+    *(
+        (SERVING, "put", p)
+        for p in ("MODELS", "ALIASES", "EVENTS", "DATASETS", "TRAINING", "LOCKS", "FEEDBACK_REVIEWS")
+    ),
     *((SERVING, "get", p) for p in ("DATASETS", "TRAINING", "PREDICTIONS", "DRIFT_REPORTS", "LOCKS", "FEATURES")),
     (SERVING, "put", "FEATURES"),
     *((ROLLBACK, "put", p) for p in ("MODELS", "DATASETS")),
     *((ROLLBACK, "delete", p) for p in ("MODELS", "ALIASES")),
     *((WORKER, "delete", p) for p in PREFIXES if p != "LOCKS"),
-    *((WORKER, "put", p) for p in ("FEEDBACK", "FEEDBACK_INDEX", "REVIEWS", "IMAGES", "PREDICTIONS", "TRAINING")),
+    *(
+        (WORKER, "put", p)
+        for p in ("FEEDBACK", "FEEDBACK_INDEX", "FEEDBACK_REVIEWS", "IMAGES", "PREDICTIONS", "TRAINING")
+    ),
     *((TRAIN, "put", p) for p in PREFIXES if p not in ("TRAINING", "FEATURES")),  # incl. ALIASES: cannot promote
     *((TRAIN, "delete", p) for p in PREFIXES),
     *((TRAIN, "get", p) for p in ("IMAGES", "FEEDBACK", "PREDICTIONS", "ALIASES", "LOCKS", "TRAINING")),

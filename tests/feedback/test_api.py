@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from feedback.outbox import Outbox
 from feedback.records import FeedbackRecord
 from feedback.store import get_feedback, iter_feedback
+from model.card import ModelCard
 from model.registry import Registry
 from serving.app import create_app
 from storage import LocalStore, StoreUnavailable
@@ -144,7 +145,9 @@ def test_status_follows_a_report_into_a_dataset_and_a_model(
 
         version = gather_feedback(store_url=str(store.root))
         registry = Registry(store)
-        model = registry.register({"model.onnx": b"trained elsewhere"}, {"datasets": [f"feedback@{version}"]})
+        model = registry.register(
+            {"model.onnx": b"trained elsewhere"}, ModelCard(input_size=32, datasets=[f"feedback@{version}"])
+        )
         status = client.get(f"/v1/feedback/{first['id']}").json()
         assert status["dataset_versions"] == [f"feedback@{version}"] and status["model_versions"] == [model]
         assert client.get("/v1/feedback/20260101aaaaaaaaaaaa").status_code == 404

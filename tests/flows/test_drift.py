@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from model.card import ModelCard
 from model.drift import reference_rows
 from model.registry import ONNX_FILE, Registry
 from serving.drift_status import read_summary
@@ -29,24 +30,27 @@ def images(folder: Path, per_class: int | None = None) -> list[bytes]:
 def reference_files(trained_tiny: Trained, cifake_folder: Path) -> dict[str, bytes]:
     from model.drift import build_reference_files
 
-    return build_reference_files(trained_tiny.onnx_path, images(cifake_folder, REFERENCE_IMAGES // 2), temperature=1.0)
+    return build_reference_files(trained_tiny.onnx_path, images(cifake_folder, REFERENCE_IMAGES // 2))
 
 
 def serve(store: LocalStore, version: str, rows: list[dict[str, Any]], minutes_ago: int, batch: str) -> None:
     """Log ``rows`` as serving would: one prediction-log file in the hour of ``minutes_ago``."""
-    from serving.predlog import encode, prediction_log_key
+    from storage.layout import prediction_log_key
+    from storage.predictions import PredictionRecord, encode
 
     when = utcnow() - timedelta(minutes=minutes_ago)
     records = [
-        {
-            **row,
-            "id": f"{batch}-{i}",
-            "created_at": when + timedelta(seconds=i),
-            "model_version": version,
-            "variant": "fp32",
-            "latency_ms": 5.0,
-            "embedding": np.asarray(row["embedding"], np.float16).tolist(),
-        }
+        PredictionRecord(
+            **{
+                **row,
+                "id": f"{batch}-{i}",
+                "created_at": when + timedelta(seconds=i),
+                "model_version": version,
+                "variant": "fp32",
+                "latency_ms": 5.0,
+                "embedding": np.asarray(row["embedding"], np.float16).tolist(),
+            }
+        )
         for i, row in enumerate(rows)
     ]
     store.put(prediction_log_key(when, batch), encode(records))
@@ -54,7 +58,7 @@ def serve(store: LocalStore, version: str, rows: list[dict[str, Any]], minutes_a
 
 def register(store: LocalStore, trained: Trained, files: dict[str, bytes]) -> str:
     registry = Registry(store)
-    version = registry.register({ONNX_FILE: trained.onnx_path, **files}, {"temperature": 1.0, "threshold": 0.5})
+    version = registry.register({ONNX_FILE: trained.onnx_path, **files}, ModelCard(input_size=32))
     registry.promote(version, reason="test")
     return version
 

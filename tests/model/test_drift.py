@@ -21,17 +21,18 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from model.calibration import Calibration
 from model.drift import (
     DRIFT_CALIBRATION_FILE,
     REFERENCE_FILE,
     build_reference_files,
     calibrate,
     detect_drift,
-    load_prediction_window,
     read_reference,
     reference_rows,
 )
 from storage import ObjectStore
+from storage.predictions import read_window
 from tests.conftest import Trained
 from tests.helpers import shared_data
 
@@ -95,7 +96,7 @@ Reference = tuple[pd.DataFrame, dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def reference(trained_tiny: Trained, cifake_images: dict[str, list[bytes]]) -> Reference:
-    files = build_reference_files(trained_tiny.onnx_path, cifake_images["reference"], temperature=1.0)
+    files = build_reference_files(trained_tiny.onnx_path, cifake_images["reference"])
     return read_reference(files[REFERENCE_FILE]), json.loads(files[DRIFT_CALIBRATION_FILE])
 
 
@@ -122,10 +123,10 @@ def test_reference_rows_are_prediction_log_rows(trained_tiny: Trained, cifake_im
     from model.features import image_statistics
     from model.inference import OnnxModel
     from model.preprocess import decode_image, to_model_input
-    from serving.predlog import SCHEMA
+    from storage.predictions import SCHEMA
 
     images = cifake_images["window_a"][:8] + [b"not an image"]
-    rows = reference_rows(trained_tiny.onnx_path, images, temperature=2.0)
+    rows = reference_rows(trained_tiny.onnx_path, images, Calibration(temperature=2.0))
     assert len(rows) == 8  # what serving refuses is left out
     table = pa.Table.from_pandas(rows, preserve_index=False)
     for field in table.schema:  # the prediction log's names and types
@@ -240,24 +241,20 @@ def test_windows_need_rows_and_the_same_model(reference: Reference) -> None:
         calibrate(frame.iloc[:50])
 
 
-def test_load_prediction_window(any_store: ObjectStore) -> None:
-    from serving.predlog import encode, prediction_log_key
+def test_read_window(any_store: ObjectStore) -> None:
+    from storage.layout import prediction_log_key
+    from storage.predictions import PredictionRecord, encode
 
     end = datetime(2026, 3, 2, 12, 30, tzinfo=UTC)
     start = end - timedelta(hours=3)
 
-    def record(when: datetime, version: str, n: int) -> dict[str, Any]:
-        return {
-            "id": f"{version}-{n}",
-            "created_at": when,
-            "model_version": version,
-            "probability": 0.5,
-            "width": 32,
-            "embedding": [0.0, 1.0],
-        }
+    def record(when: datetime, version: str, n: int) -> PredictionRecord:
+        return PredictionRecord(
+            id=f"{version}-{n}", created_at=when, model_version=version, probability=0.5, width=32, embedding=[0.0, 1.0]
+        )
 
-    def write(records: list[dict[str, Any]], batch: str) -> None:
-        any_store.put(prediction_log_key(records[0]["created_at"], batch), encode(records))
+    def write(records: list[PredictionRecord], batch: str) -> None:
+        any_store.put(prediction_log_key(records[0].created_at, batch), encode(records))
 
     # a batch that began in the hour before the window and ran into it
     write([record(start - timedelta(seconds=2), "v1", 0), record(start + timedelta(seconds=1), "v1", 1)], "b0")
@@ -265,11 +262,11 @@ def test_load_prediction_window(any_store: ObjectStore) -> None:
     write([record(end - timedelta(seconds=1), "v1", 4), record(end, "v1", 5)], "b2")  # the end is excluded
     write([record(start - timedelta(hours=5), "v1", 6)], "b3")  # long before
 
-    window = load_prediction_window(any_store, start, end, "v1")
+    window = read_window(any_store, start, end, "v1")
     assert sorted(window["id"]) == ["v1-1", "v1-2", "v1-4"]
     assert list(window["embedding"].iloc[0]) == [0.0, 1.0]
-    assert sorted(load_prediction_window(any_store, start, end)["id"]) == ["v1-1", "v1-2", "v1-4", "v2-3"]
-    naive = load_prediction_window(any_store, start.replace(tzinfo=None), end.replace(tzinfo=None), "v1")
+    assert sorted(read_window(any_store, start, end)["id"]) == ["v1-1", "v1-2", "v1-4", "v2-3"]
+    naive = read_window(any_store, start.replace(tzinfo=None), end.replace(tzinfo=None), "v1")
     assert len(naive) == 3  # naive times are UTC
-    assert len(load_prediction_window(any_store, end, end + timedelta(hours=2))) == 1  # v1-5 only
-    assert load_prediction_window(any_store, end + timedelta(days=1), end + timedelta(days=2)).empty
+    assert len(read_window(any_store, end, end + timedelta(hours=2))) == 1  # v1-5 only
+    assert read_window(any_store, end + timedelta(days=1), end + timedelta(days=2)).empty

@@ -26,14 +26,14 @@ def test_an_outside_onnx_model_is_registered_with_its_canaries_and_serves(tmp_pa
     assert result.returncode == 0, result.stderr
     version = result.stdout.strip()
     meta = Registry(store).metadata(version)
-    assert meta["input_size"] == 48 and meta["input_fit"] == "resize" and meta["threshold"] == 0.4
-    assert meta["registered_from"]["kind"] == "onnx" and meta["embedding_dim"] == 3
+    assert meta.input_size == 48 and meta.input_fit == "resize" and meta.threshold == 0.4
+    assert meta.registered_from is not None and meta.registered_from.kind == "onnx" and meta.embedding_dim == 3
     canaries = Registry(store).canaries(version)
     expected = canaries["inputs"].reshape(len(canaries["inputs"]), -1).mean(axis=1) / 255
     np.testing.assert_allclose(canaries["expected"], expected, atol=1e-6)  # the file's own outputs
     # serving's checks (checksum, shape, warm-up, canaries) accept it
     live = ModelHolder(store, tmp_path / "cache").load_version(version)
-    assert live.image_size == 48 and live.threshold == 0.4
+    assert live.image_size == 48 and live.card.threshold == 0.4
     assert Registry(store).alias("production")[0] is None  # registered, not promoted
 
 
@@ -79,8 +79,10 @@ def test_a_keras_model_is_exported_checked_for_parity_and_registered(tmp_path: P
     model.save(tmp_path / "tiny.keras")
     version = register_model_file(store, tmp_path / "tiny.keras", note="trained elsewhere")
     meta = Registry(store).metadata(version)
-    assert meta["registered_from"]["kind"] == "keras" and meta["note"] == "trained elsewhere"
-    assert 0 <= meta["parity_max_abs_diff"] <= 1e-4 and "model.keras" in meta["files"]
+    assert meta.registered_from is not None and meta.registered_from.kind == "keras"
+    assert meta.note == "trained elsewhere"
+    assert meta.parity_max_abs_diff is not None and 0 <= meta.parity_max_abs_diff <= 1e-4
+    assert "model.keras" in meta.files
     live = ModelHolder(store, tmp_path / "cache").load_version(version)  # canaries pass in onnxruntime
     pixels = Registry(store).canaries(version)["inputs"]
     np.testing.assert_allclose(live.model.predict(pixels)[0], model.predict(pixels, verbose=0).reshape(-1), atol=1e-4)

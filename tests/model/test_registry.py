@@ -6,12 +6,14 @@ import threading
 
 import pytest
 
+from model.card import ModelCard
 from model.registry import AliasConflict, Registry
 from storage import ObjectStore, PreconditionFailed
 
 
 def _register(registry: Registry, payload: bytes) -> str:
-    return registry.register({"model.onnx": payload, "canaries.npz": b"c"}, {"config": {"name": "tiny"}})
+    card = ModelCard(input_size=32, config={"name": "tiny"})
+    return registry.register({"model.onnx": payload, "canaries.npz": b"c"}, card)
 
 
 def test_register_and_read_back(any_store: ObjectStore) -> None:
@@ -20,8 +22,9 @@ def test_register_and_read_back(any_store: ObjectStore) -> None:
     v2 = _register(registry, b"onnx-2")
     assert registry.versions() == [v1, v2]
     meta = registry.metadata(v1)
-    assert meta["version"] == v1
-    assert meta["sha256"] == __import__("hashlib").sha256(b"onnx-1").hexdigest()
+    assert meta.version == v1
+    assert meta.sha256 == __import__("hashlib").sha256(b"onnx-1").hexdigest()
+    assert meta.files == {"model.onnx": meta.sha256, "canaries.npz": __import__("hashlib").sha256(b"c").hexdigest()}
     assert [e["kind"] for e in registry.events()] == ["registered", "registered"]
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.card import ModelCard
 from model.registry import Registry
 from storage import LocalStore
 from tests.conftest import Trained
@@ -19,7 +20,7 @@ def register_trained(
     np.savez_compressed(buffer, inputs=chosen["inputs"], expected=chosen["expected"])
     return registry.register(
         {"model.onnx": trained.onnx_path, "canaries.npz": buffer.getvalue()},
-        {"config": {"name": "tiny"}, "threshold": 0.5, "input_size": 32, **metadata},
+        ModelCard.model_validate({"config": {"name": "tiny"}, "threshold": 0.5, "input_size": 32, **metadata}),
     )
 
 

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from aidetect.settings import Settings
+from model.card import ModelCard
 from model.registry import Registry
 from serving.app import create_app
 from storage import LocalStore
@@ -28,7 +29,8 @@ def register_onnx(registry: Registry, onnx: Path | bytes, *, size: int = 32, **m
     canaries = mean_canaries(size)
     np.savez_compressed(buffer, **canaries)
     return registry.register(
-        {"model.onnx": onnx, "canaries.npz": buffer.getvalue()}, {"threshold": 0.5, "input_size": size, **metadata}
+        {"model.onnx": onnx, "canaries.npz": buffer.getvalue()},
+        ModelCard.model_validate({"threshold": 0.5, "input_size": size, **metadata}),
     )
 
 

@@ -16,12 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from model.card import Int8Variant, ModelCard
 from model.inference import OnnxModel
 from model.registry import Registry
 from serving.app import create_app
 from serving.batching import MicroBatcher
 from serving.predlog import PredictionLog
 from storage import LocalStore, ObjectStore, StoreUnavailable
+from storage.predictions import PredictionRecord
 from tests.conftest import Trained
 from tests.helpers import image_bytes
 from tests.serving.onnx_models import mean_brightness_model
@@ -46,15 +48,15 @@ def _logged(store: ObjectStore) -> list[dict]:
     return rows
 
 
-def _record(i: int) -> dict:
-    return {
-        "id": f"p{i}",
-        "created_at": datetime.now(UTC),
-        "model_version": "v",
-        "probability": 0.5,
-        "label": "ai",
-        "embedding": [0.1, 0.2, 0.3],
-    }
+def _record(i: int) -> PredictionRecord:
+    return PredictionRecord(
+        id=f"p{i}",
+        created_at=datetime.now(UTC),
+        model_version="v",
+        probability=0.5,
+        label="ai",
+        embedding=[0.1, 0.2, 0.3],
+    )
 
 
 def test_prediction_log_spools_through_an_outage_and_writes_each_record_once(tmp_path: Path) -> None:
@@ -85,7 +87,7 @@ def test_prediction_log_spools_through_an_outage_and_writes_each_record_once(tmp
 
 
 def _encode_one(i: int) -> bytes:
-    from serving.predlog import encode
+    from storage.predictions import encode
 
     return encode([_record(i)])
 
@@ -237,7 +239,7 @@ def test_the_int8_variant_is_selectable(tmp_path: Path, trained_tiny: Trained) -
     np.savez_compressed(buffer, **trained_tiny.canaries, expected_int8=expected_int8)
     version = registry.register(
         {"model.onnx": trained_tiny.onnx_path, "model.int8.onnx": int8, "canaries.npz": buffer.getvalue()},
-        {"threshold": 0.5, "input_size": 32, "int8": {"file": "model.int8.onnx"}},
+        ModelCard(input_size=32, int8=Int8Variant(file="model.int8.onnx")),
     )
     registry.promote(version, reason="test")
     image = image_bytes(seed=3)
