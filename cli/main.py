@@ -161,7 +161,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     """Score image files locally with onnxruntime: the registry's model, checked as serving checks it."""
     from model.inference import share_thread_pool
     from model.preprocess import InvalidImage, decode_image, to_model_input
-    from serving.runtime import ModelHolder, ModelRefused
+    from serving.hotswap import ModelHolder, ModelRefused
 
     files = [Path(f) for f in args.files]
     missing = [str(f) for f in files if not f.is_file()]
@@ -269,7 +269,7 @@ def _cmd_model_evaluate(args: argparse.Namespace) -> int:
     from model.plots import evaluation_plots
     from model.registry import Registry
     from model.robustness import TIERS
-    from serving.runtime import ModelHolder, ModelRefused
+    from serving.hotswap import ModelHolder, ModelRefused
     from storage import NotFound, configured_store
 
     data, skipped = _labelled_images(Path(args.data))

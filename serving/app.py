@@ -22,12 +22,12 @@ from model.inference import share_thread_pool
 from serving.batching import MicroBatcher
 from serving.drift_status import DriftStatus
 from serving.history import History
+from serving.hotswap import ModelHolder
 from serving.metrics import Metrics, RequestMetricsMiddleware
 from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
 from serving.routes import router
-from serving.runtime import ModelHolder
 from serving.state import ServingState
 from storage import ObjectStore, StoreError, configured_store
 

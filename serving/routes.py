@@ -27,8 +27,8 @@ from serving.batching import InferenceFailed
 from serving.explain import combine, occluded_copies, overlay_png, shown_image
 from serving.history import COOKIE, HistoryItem
 from serving.history import now as history_now
+from serving.hotswap import LiveModel
 from serving.recent import RecentPrediction
-from serving.runtime import LiveModel
 from serving.schemas import (
     AdminOut,
     BatchItemError,

@@ -23,11 +23,11 @@ from model.features import image_statistics
 from model.preprocess import to_model_input
 from serving.batching import MicroBatcher
 from serving.history import History
+from serving.hotswap import LiveModel, ModelHolder
 from serving.metrics import Metrics
 from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
-from serving.runtime import LiveModel, ModelHolder
 from storage import ObjectStore
 from storage.predictions import PredictionRecord
 

@@ -12,7 +12,7 @@ import pytest
 
 from model.register import ContractError, register_model_file
 from model.registry import Registry
-from serving.runtime import ModelHolder
+from serving.hotswap import ModelHolder
 from storage import LocalStore
 from tests.serving.onnx_models import mean_brightness_model
 
