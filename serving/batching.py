@@ -96,28 +96,38 @@ class MicroBatcher:
             await self._run(batch)
 
     async def _run(self, batch: list[_Item]) -> None:
-        groups: dict[int, list[_Item]] = {}
-        for item in batch:
-            if not item.future.cancelled():
-                groups.setdefault(id(item.model), []).append(item)
-        loop = asyncio.get_running_loop()
-        for items in groups.values():
-            try:  # whatever goes wrong fails these requests, never the collector
-                pixels = np.stack([item.pixels for item in items])
-                scores, embeddings = await loop.run_in_executor(self._executor, items[0].model.predict, pixels)
-                if len(scores) != len(items) or len(embeddings) != len(items):
-                    raise InferenceFailed(f"{len(items)} images gave {len(scores)} scores")
-                if self.on_batch is not None:
-                    self.on_batch(len(items))
-            except Exception as exc:
-                log.exception("inference failed for a batch of %d", len(items))
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(InferenceFailed(str(exc)))
-                continue
-            for item, score, embedding in zip(items, scores, embeddings, strict=True):
+        for items in _by_model(batch):
+            await self._run_group(items)
+
+    async def _run_group(self, items: list[_Item]) -> None:
+        """One onnxruntime run for the items queued for one model; whatever goes wrong fails
+        these requests, never the collector."""
+        try:
+            pixels = np.stack([item.pixels for item in items])
+            loop = asyncio.get_running_loop()
+            scores, embeddings = await loop.run_in_executor(self._executor, items[0].model.predict, pixels)
+            if len(scores) != len(items) or len(embeddings) != len(items):
+                raise InferenceFailed(f"{len(items)} images gave {len(scores)} scores")
+            if self.on_batch is not None:
+                self.on_batch(len(items))
+        except Exception as exc:
+            log.exception("inference failed for a batch of %d", len(items))
+            for item in items:
                 if not item.future.done():
-                    item.future.set_result((float(score), embedding))
+                    item.future.set_exception(InferenceFailed(str(exc)))
+            return
+        for item, score, embedding in zip(items, scores, embeddings, strict=True):
+            if not item.future.done():
+                item.future.set_result((float(score), embedding))
+
+
+def _by_model(batch: list[_Item]) -> list[list[_Item]]:
+    """The items still wanted, grouped by the model they were queued for (in queue order)."""
+    groups: dict[int, list[_Item]] = {}
+    for item in batch:
+        if not item.future.cancelled():
+            groups.setdefault(id(item.model), []).append(item)
+    return list(groups.values())
 
 
 class InferenceFailed(RuntimeError):

@@ -196,38 +196,45 @@ class ModelHolder:
 
     def _open(self, path: Path, card: ModelCard, canaries: dict[str, np.ndarray] | None = None) -> OnnxModel:
         """Build the session, check its shape, warm it up, run the canaries."""
+        model = self._session(path)
+        _check_input(model, card)
+        self._warm_up(model)
+        if canaries is not None:
+            self._check_canaries(model, canaries)
+        return model
+
+    def _session(self, path: Path) -> OnnxModel:
         try:
             # On the inference thread too: building a session uses the shared onnxruntime pool, and a
             # live batch running beside it took 8x longer (116 ms instead of 14) here; taking turns
             # costs the requests in flight one ~50 ms pause instead.
-            model = self.runner(lambda: OnnxModel(path, threads=self.threads))
+            return self.runner(lambda: OnnxModel(path, threads=self.threads))
         except Exception as exc:  # onnxruntime raises its own exception types for broken graphs
             raise ModelRefused("load", f"onnxruntime cannot load it: {exc}") from None
-        if card.input_size != model.image_size:
-            raise ModelRefused("shape", f"graph takes {model.image_size} px, its card says {card.input_size}")
-        if card.input_fit != model.input_fit:
-            raise ModelRefused("shape", f"graph is fed by {model.input_fit!r}, its card says {card.input_fit!r}")
+
+    def _warm_up(self, model: OnnxModel) -> None:
         try:
             warm = self._scores(model, np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
         except Exception as exc:
             raise ModelRefused("load", f"warm-up run failed: {exc}") from None
         if warm.shape != (1,) or not np.isfinite(warm).all():
             raise ModelRefused("output", f"warm-up gave scores {warm[:4]} of shape {warm.shape}")
-        if canaries is not None:
-            try:
-                scores = self._scores(model, canaries["inputs"])
-            except Exception as exc:
-                raise ModelRefused("canary", f"canary inputs do not run: {exc}") from None
-            try:
-                if self.variant == "fp32":
-                    compare_canaries(scores, canaries, CANARY_TOLERANCE)
-                elif "expected_int8" in canaries:
-                    compare_canaries(scores, canaries, INT8_OWN_TOLERANCE, expected="expected_int8")
-                else:
-                    compare_canaries(scores, canaries, INT8_KERAS_TOLERANCE)
-            except ValueError as exc:
-                raise ModelRefused("canary", str(exc)) from None
-        return model
+
+    def _check_canaries(self, model: OnnxModel, canaries: dict[str, np.ndarray]) -> None:
+        """The canary inputs stored at export must give the outputs recorded then (see the tolerances)."""
+        try:
+            scores = self._scores(model, canaries["inputs"])
+        except Exception as exc:
+            raise ModelRefused("canary", f"canary inputs do not run: {exc}") from None
+        try:
+            if self.variant == "fp32":
+                compare_canaries(scores, canaries, CANARY_TOLERANCE)
+            elif "expected_int8" in canaries:
+                compare_canaries(scores, canaries, INT8_OWN_TOLERANCE, expected="expected_int8")
+            else:
+                compare_canaries(scores, canaries, INT8_KERAS_TOLERANCE)
+        except ValueError as exc:
+            raise ModelRefused("canary", str(exc)) from None
 
     def _scores(self, model: OnnxModel, pixels: np.ndarray) -> np.ndarray:
         """P(ai) for each image, one runner call per image."""
@@ -284,6 +291,14 @@ class ModelHolder:
                 self.current = LiveModel(version, card, model, self.variant)
         log.warning("object store unreachable: serving cached model %s", version)
         return True
+
+
+def _check_input(model: OnnxModel, card: ModelCard) -> None:
+    """The graph's input size and fit must be the ones its card declares."""
+    if card.input_size != model.image_size:
+        raise ModelRefused("shape", f"graph takes {model.image_size} px, its card says {card.input_size}")
+    if card.input_fit != model.input_fit:
+        raise ModelRefused("shape", f"graph is fed by {model.input_fit!r}, its card says {card.input_fit!r}")
 
 
 def _malloc_trim() -> bool:
