@@ -20,21 +20,20 @@ from aidetect.settings import Settings
 from feedback.outbox import Outbox
 from feedback.policy import Policy
 from model.features import image_statistics
-from model.preprocess import to_model_input
 from serving.batching import MicroBatcher
 from serving.history import History
-from serving.hotswap import LiveModel, ModelHolder
+from serving.hotswap import ModelHolder
 from serving.metrics import Metrics
 from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
+from serving.shadow import shadow_for, shadow_score
 from storage import ObjectStore
 from storage.predictions import PredictionRecord
 
 log = logging.getLogger("aidetect.serving")
 
 T = TypeVar("T")
-SHADOW_BACKLOG = 64  # shadow scores waiting beyond this are dropped, never queued without bound
 
 
 @dataclass
@@ -54,7 +53,7 @@ class ServingState:
     shadow: ModelHolder | None = None
     loader: ThreadPoolExecutor | None = None  # the low-priority model-loader thread
     rng: random.Random = field(default_factory=random.Random)
-    shadow_waiting: int = 0
+    shadow_waiting: int = 0  # shadow scores waiting for the inference thread (serving.shadow)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     draining: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM (serving.server)
 
@@ -68,9 +67,9 @@ class ServingState:
 
     async def _complete(self, record: PredictionRecord, image: Image.Image, data: bytes, pixels: np.ndarray) -> None:
         try:
-            shadow = self.shadow.current if self.shadow is not None else None
-            if shadow is not None and self.rng.random() < self.settings.shadow_share:
-                await self._shadow_score(record, shadow, image, pixels)
+            shadow = shadow_for(self)
+            if shadow is not None:
+                await shadow_score(self, record, shadow, image, pixels)
             if self.predlog is not None:
                 stats = await asyncio.to_thread(image_statistics, image, data)
                 for name, value in stats.items():
@@ -78,27 +77,6 @@ class ServingState:
                 self.predlog.add(record)
         except Exception:  # a log record must never take the server down
             log.exception("could not complete the log record of prediction %s", record.id)
-
-    async def _shadow_score(
-        self, record: PredictionRecord, shadow: LiveModel, image: Image.Image, pixels: np.ndarray
-    ) -> None:
-        if self.shadow_waiting >= SHADOW_BACKLOG:
-            self.metrics.shadow.labels("dropped").inc()
-            return
-        self.shadow_waiting += 1
-        try:
-            live = self.holder.current
-            if pixels.shape[0] != shadow.image_size or live is None or live.model.input_fit != shadow.model.input_fit:
-                pixels = await asyncio.to_thread(to_model_input, image, shadow.image_size, shadow.model.input_fit)
-            raw, _ = await self.batcher.score(shadow.model, pixels)
-            label, p = shadow.verdict(raw)
-            record.shadow_version, record.shadow_probability, record.shadow_label = shadow.version, p, label
-            self.metrics.shadow.labels("agree" if label == record.label else "disagree").inc()
-        except Exception:
-            self.metrics.shadow.labels("failed").inc()
-            log.exception("shadow scoring with %s failed", shadow.version)
-        finally:
-            self.shadow_waiting -= 1
 
 
 async def in_loader(state: ServingState, fn: Callable[[], T]) -> T:
