@@ -2,8 +2,8 @@
 
 Each report is two files in a local folder: ``<id>.img`` (the image) and ``<id>.json`` (the
 record and the image's extension), each written to a temporary name and renamed; the JSON,
-written last, is the commit point. ``flush`` sends the oldest first: the image
-(content-addressed, so a resend overwrites nothing) and then the record with a create-only
+written last, is the commit point. ``flush`` sends the oldest first with ``feedback.submit.persist``: the
+image (content-addressed, so a resend overwrites nothing) and then the record with a create-only
 put (a resend after a crash is a no-op), and deletes the files only after both succeeded.
 Each report reaches the store exactly once.
 """
@@ -16,14 +16,16 @@ import threading
 from pathlib import Path
 
 from feedback.records import FeedbackRecord
-from feedback.store import is_feedback_id, save_feedback
+from feedback.store import is_feedback_id
+from feedback.submit import persist
 from storage import ObjectStore, StoreError
-from storage.layout import put_image
 
 log = logging.getLogger("aidetect.feedback")
 
 
 class Outbox:
+    """Reports waiting in a local folder for the store (see ``feedback.submit``)."""
+
     def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -62,8 +64,7 @@ class Outbox:
                     log.error("outbox entry %s unreadable, left in place: %s", entry.name, exc)
                     continue
                 try:
-                    put_image(store, image, body["ext"])
-                    save_feedback(store, record)
+                    persist(store, record, image, body["ext"])
                 except StoreError as exc:
                     log.warning("feedback outbox: store still unavailable (%s); %d waiting", exc, self.pending())
                     break
