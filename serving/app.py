@@ -7,8 +7,10 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from asyncio import Task
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -29,7 +31,7 @@ from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
 from serving.routes import router
 from serving.state import ServingState
-from storage import ObjectStore, StoreError, configured_store
+from storage import StoreError, configured_store
 
 log = logging.getLogger("aidetect.serving")
 STATIC = Path(__file__).parent / "static"
@@ -54,47 +56,6 @@ def model_loader() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader", initializer=_lower_priority)
 
 
-async def _follow_alias(holders: list[ModelHolder], interval: float, loader: ThreadPoolExecutor) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        for holder in holders:
-            try:
-                await loop.run_in_executor(loader, holder.release_memory)  # of the model swapped out last time
-                await loop.run_in_executor(loader, holder.refresh)
-            except StoreError as exc:
-                holder.store_errors += 1
-                log.warning("alias %s: check failed (store unreachable?): %s", holder.alias, exc)
-            except Exception:  # keep following whatever one check hit
-                log.exception("alias %s: check failed", holder.alias)
-        await asyncio.sleep(interval)
-
-
-async def _follow_drift(drift: DriftStatus, store: ObjectStore, interval: float, loader: ThreadPoolExecutor) -> None:
-    """The latest drift report, for /metrics (serving/drift_status.py)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            await loop.run_in_executor(loader, drift.refresh, store)
-        except StoreError as exc:
-            drift.errors += 1
-            log.warning("latest drift report: store unreachable: %s", exc)
-        except Exception:  # keep following
-            drift.errors += 1
-            log.exception("latest drift report: read failed")
-        await asyncio.sleep(interval)
-
-
-async def _flush_outbox(outbox: Outbox, store: ObjectStore, interval: float) -> None:
-    """Send feedback queued while the store was down (also what an earlier run left behind)."""
-    while True:
-        if outbox.pending():
-            try:
-                await asyncio.to_thread(outbox.flush, store)
-            except Exception:  # keep trying; entries stay on disk
-                log.exception("feedback outbox flush failed")
-        await asyncio.sleep(interval)
-
-
 async def _start_holder(holder: ModelHolder, loader: ThreadPoolExecutor) -> None:
     loop = asyncio.get_running_loop()
     try:
@@ -103,6 +64,123 @@ async def _start_holder(holder: ModelHolder, loader: ThreadPoolExecutor) -> None
         log.warning("object store unreachable at start (alias %s): %s", holder.alias, exc)
     if holder.current is None:
         await loop.run_in_executor(loader, holder.load_cached)
+
+
+async def poll_every(interval: float, fn: Callable[[], object], executor: Executor | None, what: str) -> None:
+    """Call ``fn`` in ``executor`` (None: a worker thread) now and then every ``interval`` seconds, until cancelled.
+
+    Nothing it raises stops the polling: a StoreError (the store unreachable; the next round
+    tries again) is a warning, anything else is logged with its traceback.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await loop.run_in_executor(executor, fn)
+        except StoreError as exc:
+            log.warning("%s: store unreachable: %s", what, exc)
+        except Exception:  # keep polling whatever one round hit
+            log.exception("%s failed", what)
+        await asyncio.sleep(interval)
+
+
+async def _open(settings: Settings, metrics: Metrics, draining: threading.Event) -> tuple[ServingState, DriftStatus]:
+    """Everything a replica holds, its models loaded (or the cached ones while the store is down)."""
+    store = configured_store(settings)
+    if settings.ort_shared_pool:
+        share_thread_pool(settings.ort_threads)
+    loader = model_loader()
+    batcher = MicroBatcher(
+        settings.batch_max_size, settings.batch_max_wait_ms / 1000, on_batch=metrics.batch_size.observe
+    )
+    await batcher.start()
+
+    def follow(alias: str) -> ModelHolder:
+        return ModelHolder(
+            store,
+            settings.cache_dir / "models" / alias,
+            alias=alias,
+            threads=settings.ort_threads,
+            variant=settings.model_variant,
+            runner=batcher.run_blocking,
+        )
+
+    holder = follow(settings.model_alias)
+    shadow = follow(settings.shadow_alias) if settings.shadow_alias else None
+    for each in _holders(holder, shadow):
+        await _start_holder(each, loader)
+    predlog = None
+    if settings.prediction_log:
+        predlog = PredictionLog(
+            store,
+            settings.cache_dir / "spool" / "predictions",
+            flush_seconds=settings.log_flush_seconds,
+            batch_size=settings.log_batch_size,
+        )
+    state = ServingState(
+        settings=settings,
+        store=store,
+        holder=holder,
+        recent=RecentPredictions(settings.recent_predictions),
+        batcher=batcher,
+        metrics=metrics,
+        predlog=predlog,
+        shadow=shadow,
+        loader=loader,
+        outbox=Outbox(settings.cache_dir / "outbox" / "feedback"),
+        draining=draining,
+        history=History(),
+        feedback_limiter=RateLimiter(settings.feedback_per_minute, settings.feedback_burst),
+        feedback_policy=configured_policy(settings),
+    )
+    drift = DriftStatus()
+    metrics.watch({"production": holder, **({"shadow": shadow} if shadow else {})}, predlog, drift)
+    return state, drift
+
+
+def _holders(holder: ModelHolder, shadow: ModelHolder | None) -> list[ModelHolder]:
+    return [holder] if shadow is None else [holder, shadow]
+
+
+def _background(state: ServingState, drift: DriftStatus) -> list[Task[None]]:
+    """The replica's loops: follow the alias(es) and the drift report on the model loader, write
+    the prediction log, send the feedback outbox (on a worker thread: never behind a model load)."""
+    settings, store, loader = state.settings, state.store, state.loader
+
+    def every(seconds: float, fn: Callable[[], object], executor: Executor | None, what: str, name: str) -> Task[None]:
+        return asyncio.create_task(poll_every(seconds, fn, executor, what), name=name)
+
+    tasks = [
+        every(settings.alias_poll_seconds, h.poll, loader, f"alias {h.alias} check", f"follow-alias-{h.alias}")
+        for h in _holders(state.holder, state.shadow)
+    ]
+    tasks.append(
+        every(
+            settings.drift_poll_seconds, partial(drift.poll, store), loader, "latest drift report read", "follow-drift"
+        )
+    )
+    if state.predlog is not None:
+        tasks.append(asyncio.create_task(state.predlog.run(), name="prediction-log"))
+    flush = partial(state.outbox.flush, store)  # also what an earlier run left behind
+    tasks.append(every(settings.outbox_flush_seconds, flush, None, "feedback outbox flush", "outbox"))
+    return tasks
+
+
+async def _close(state: ServingState, tasks: list[Task[None]]) -> None:
+    """Stop the loops, finish the log records in progress, stop inference, flush the prediction log."""
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if state.background:  # log records still being completed
+        await asyncio.wait(state.background, timeout=10)
+    await state.batcher.stop()
+    if state.loader is not None:
+        state.loader.shutdown(wait=False, cancel_futures=True)
+    if state.predlog is not None:
+        try:
+            await asyncio.to_thread(state.predlog.flush)
+        except Exception:
+            log.exception("final prediction log flush failed; records stay spooled")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -115,82 +193,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = configured_store(settings)
-        if settings.ort_shared_pool:
-            share_thread_pool(settings.ort_threads)
-        loader = model_loader()
-        models_dir = settings.cache_dir / "models"
-        batcher = MicroBatcher(
-            settings.batch_max_size, settings.batch_max_wait_ms / 1000, on_batch=metrics.batch_size.observe
-        )
-        await batcher.start()
-
-        def follow(alias: str) -> ModelHolder:
-            return ModelHolder(
-                store,
-                models_dir / alias,
-                alias=alias,
-                threads=settings.ort_threads,
-                variant=settings.model_variant,
-                runner=batcher.run_blocking,
-            )
-
-        holder = follow(settings.model_alias)
-        shadow = follow(settings.shadow_alias) if settings.shadow_alias else None
-        holders = [holder] if shadow is None else [holder, shadow]
-        for each in holders:
-            await _start_holder(each, loader)
-        predlog = None
-        if settings.prediction_log:
-            predlog = PredictionLog(
-                store,
-                settings.cache_dir / "spool" / "predictions",
-                flush_seconds=settings.log_flush_seconds,
-                batch_size=settings.log_batch_size,
-            )
-        outbox = Outbox(settings.cache_dir / "outbox" / "feedback")
-        state = ServingState(
-            settings=settings,
-            store=store,
-            holder=holder,
-            recent=RecentPredictions(settings.recent_predictions),
-            batcher=batcher,
-            metrics=metrics,
-            predlog=predlog,
-            shadow=shadow,
-            loader=loader,
-            outbox=outbox,
-            draining=draining,
-            history=History(),
-            feedback_limiter=RateLimiter(settings.feedback_per_minute, settings.feedback_burst),
-            feedback_policy=configured_policy(settings),
-        )
-        drift = DriftStatus()
-        metrics.watch({"production": holder, **({"shadow": shadow} if shadow else {})}, predlog, drift)
+        state, drift = await _open(settings, metrics, draining)
         app.state.serving = state
-        tasks = [asyncio.create_task(_follow_alias(holders, settings.alias_poll_seconds, loader), name="follow-alias")]
-        tasks.append(
-            asyncio.create_task(_follow_drift(drift, store, settings.drift_poll_seconds, loader), name="follow-drift")
-        )
-        if predlog is not None:
-            tasks.append(asyncio.create_task(predlog.run(), name="prediction-log"))
-        tasks.append(asyncio.create_task(_flush_outbox(outbox, store, settings.outbox_flush_seconds), name="outbox"))
+        tasks = _background(state, drift)
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if state.background:  # log records still being completed
-                await asyncio.wait(state.background, timeout=10)
-            await batcher.stop()
-            loader.shutdown(wait=False, cancel_futures=True)
-            if predlog is not None:
-                try:
-                    await asyncio.to_thread(predlog.flush)
-                except Exception:
-                    log.exception("final prediction log flush failed; records stay spooled")
+            await _close(state, tasks)
 
     app = FastAPI(
         title="aidetect",

@@ -75,6 +75,14 @@ class DriftStatus:
         self.etag: str | None = None
         self.errors = 0
 
+    def poll(self, store: ObjectStore) -> bool:
+        """``refresh``, counting in ``errors`` whatever it raises (then raising it)."""
+        try:
+            return self.refresh(store)
+        except Exception:
+            self.errors += 1
+            raise
+
     def refresh(self, store: ObjectStore) -> bool:
         """Read ``latest.json`` if it changed; True when the reading changed."""
         try:

@@ -166,6 +166,16 @@ class ModelHolder:
             )
             return True
 
+    def poll(self) -> bool:
+        """One round of following the alias: hand back the memory of the model swapped out last
+        time, then ``refresh``. A StoreError is counted in ``store_errors`` and raised."""
+        try:
+            self.release_memory()
+            return self.refresh()
+        except StoreError:
+            self.store_errors += 1
+            raise
+
     def load_version(self, version: str) -> LiveModel:
         """One version by name, checked as a swap checks it (sha256, shape, warm-up, canaries); not made live."""
         card = self.registry.metadata(version)
