@@ -2,7 +2,7 @@
 
 Serving has no TensorFlow, so no gradients (Grad-CAM). Instead each cell of a ``grid`` x
 ``grid`` partition of the model input is covered in turn with the image's mean colour and the
-whole batch of covered copies is scored in one run: a cell matters for the verdict as much as
+covered copies are scored, ``CHUNK`` per model run: a cell matters for the verdict as much as
 covering it moves P(ai) away from the verdict (towards "real" for an ``ai`` verdict, towards
 "ai" for a ``real`` one). Cells are half-overlapping (stride = cell / 2) for a smoother map.
 """
@@ -10,12 +10,15 @@ covering it moves P(ai) away from the verdict (towards "real" for an ``ai`` verd
 from __future__ import annotations
 
 import io
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from PIL import Image
 
 from model.inference import OnnxModel
-from model.preprocess import decode_image, to_model_input
+
+CHUNK = 8  # covered copies per model run
+Runner = Callable[[Callable[[], np.ndarray]], Awaitable[np.ndarray]]  # runs a model call, e.g. MicroBatcher.run
 
 
 def occluded_copies(pixels: np.ndarray, grid: int = 6) -> tuple[np.ndarray, list[tuple[int, int]], int]:
@@ -50,11 +53,21 @@ def combine(scores: np.ndarray, boxes: list[tuple[int, int]], cell: int, size: i
     return heat / peak if peak > 0 else heat
 
 
-def occlusion_map(model: OnnxModel, pixels: np.ndarray, label: str, grid: int = 6) -> np.ndarray:
-    """``(size, size)`` float map in [0, 1]: how much each pixel's region supports ``label``."""
+async def occlusion_map(
+    model: OnnxModel, pixels: np.ndarray, label: str, run: Runner, grid: int = 6, chunk: int = CHUNK
+) -> np.ndarray:
+    """``(size, size)`` float map in [0, 1]: how much each pixel's region supports ``label``.
+
+    The covered copies are scored ``chunk`` at a time through ``run`` (serving passes the
+    inference thread's ``MicroBatcher.run``, so the chunks take turns with live batches).
+    """
     batch, boxes, cell = occluded_copies(pixels, grid)
-    scores, _ = model.predict(batch)
-    return combine(scores, boxes, cell, pixels.shape[0], label)
+
+    def scorer(part: np.ndarray) -> Callable[[], np.ndarray]:
+        return lambda: model.predict(part)[0]
+
+    scores = [await run(scorer(batch[start : start + chunk])) for start in range(0, len(batch), chunk)]
+    return combine(np.concatenate(scores), boxes, cell, pixels.shape[0], label)
 
 
 def overlay_png(image: Image.Image, heat: np.ndarray, max_side: int = 512) -> bytes:
@@ -74,10 +87,3 @@ def overlay_png(image: Image.Image, heat: np.ndarray, max_side: int = 512) -> by
 def shown_image(image: Image.Image, pixels: np.ndarray, fit: str) -> Image.Image:
     """What the heatmap lies over: the image, or for a mosaic input the mosaic of crops the model read."""
     return Image.fromarray(pixels) if fit == "mosaic" else image
-
-
-def heatmap_png(data: bytes, model: OnnxModel, label: str, max_side: int = 512) -> bytes:
-    """The upright image under a translucent red map of the regions that drove ``label``."""
-    image = decode_image(data)
-    pixels = to_model_input(image, model.image_size, model.input_fit)
-    return overlay_png(shown_image(image, pixels, model.input_fit), occlusion_map(model, pixels, label), max_side)

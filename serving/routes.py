@@ -8,7 +8,6 @@ import io
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -24,7 +23,7 @@ from model.preprocess import InvalidImage, decode_image, to_model_input
 from model.registry import AliasConflict
 from serving.annotate import annotate
 from serving.batching import InferenceFailed
-from serving.explain import combine, occluded_copies, overlay_png, shown_image
+from serving.explain import occlusion_map, overlay_png, shown_image
 from serving.history import COOKIE, HistoryItem
 from serving.history import now as history_now
 from serving.hotswap import LiveModel
@@ -47,7 +46,6 @@ from storage.layout import image_extension, image_key, put_image
 from storage.predictions import PredictionRecord
 
 router = APIRouter()
-HEATMAP_CHUNK = 8
 log = logging.getLogger("aidetect.serving")
 
 PROBLEM = {"model": dict[str, str], "description": "a JSON body {detail: message}"}
@@ -228,15 +226,7 @@ async def heatmap(state: StateDep, live: LiveModelDep, prediction_id: str) -> Re
     if cached is not None:
         return Response(cached, media_type="image/png", headers={"X-Model-Version": live.version})
     image, pixels = await asyncio.to_thread(_prepare, known.image, live.image_size, live.model.input_fit)
-    batch, boxes, cell = occluded_copies(pixels)
-
-    def scorer(chunk: np.ndarray) -> Callable[[], np.ndarray]:
-        return lambda: live.model.predict(chunk)[0]
-
-    scores = []
-    for start in range(0, len(batch), HEATMAP_CHUNK):  # chunks take turns with live batches
-        scores.append(await state.batcher.run(scorer(batch[start : start + HEATMAP_CHUNK])))
-    heat = combine(np.concatenate(scores), boxes, cell, live.image_size, known.label)
+    heat = await occlusion_map(live.model, pixels, known.label, state.batcher.run)  # takes turns with live batches
     png = await asyncio.to_thread(overlay_png, shown_image(image, pixels, live.model.input_fit), heat)
     state.heatmaps.put((prediction_id, live.version), png)
     return Response(png, media_type="image/png", headers={"X-Model-Version": live.version})
