@@ -23,13 +23,14 @@ from feedback.policy import configured_policy
 from model.inference import share_thread_pool
 from serving.batching import MicroBatcher
 from serving.drift_status import DriftStatus
+from serving.errors import store_unavailable
 from serving.history import History
 from serving.hotswap import ModelHolder
 from serving.metrics import Metrics, RequestMetricsMiddleware
 from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
-from serving.routes import router
+from serving.routes import api_router
 from serving.state import ServingState
 from storage import StoreError, configured_store
 
@@ -222,7 +223,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Content-Type"],  # not Authorization: admin calls are not for browsers
             allow_credentials=False,
         )
-    app.include_router(router)
+    app.add_exception_handler(StoreError, store_unavailable)
+    app.include_router(api_router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
