@@ -21,15 +21,9 @@ import io
 import numpy as np
 from PIL import Image
 
-FEATURE_NAMES: tuple[str, ...] = (
-    "width",
-    "height",
-    "brightness",
-    "contrast",
-    "saturation",
-    "sharpness",
-    "jpeg_quality",
-)  # plus "format", a string, reported beside them
+from storage.predictions import IMAGE_STATISTICS
+
+FEATURE_NAMES: tuple[str, ...] = IMAGE_STATISTICS  # plus "format", a string, reported beside them
 
 STATS_MAX_SIDE = 512
 SHARPNESS_MAX_SIDE = 256

@@ -81,23 +81,11 @@ _TYPES: dict[str, pa.DataType] = {
 }
 SCHEMA = pa.schema([(f.name, _TYPES[f.name]) for f in fields(PredictionRecord)])
 
+# The numeric image statistics (model.features.image_statistics computes them, with "format").
+IMAGE_STATISTICS = ("width", "height", "brightness", "contrast", "saturation", "sharpness", "jpeg_quality")
 # What a model version's drift reference holds of each validation image: the image statistics
 # and the answer, computed as serving computes them (model.drift.reference_rows).
-REFERENCE_COLUMNS = (
-    "width",
-    "height",
-    "brightness",
-    "contrast",
-    "saturation",
-    "sharpness",
-    "jpeg_quality",
-    "format",
-    "bytes",
-    "probability",
-    "raw_score",
-    "label",
-    "embedding",
-)
+REFERENCE_COLUMNS = (*IMAGE_STATISTICS, "format", "bytes", "probability", "raw_score", "label", "embedding")
 REFERENCE_SCHEMA = pa.schema([SCHEMA.field(name) for name in REFERENCE_COLUMNS])
 
 
