@@ -18,16 +18,12 @@ from model.registry import Registry
 from serving.app import create_app
 from storage import LocalStore, StoreUnavailable
 from tests.helpers import image_bytes
-from tests.serving.onnx_models import mean_brightness_model
-from tests.serving.test_hardening import register_onnx, settings_for
+from tests.serving.test_hardening import mean_model_store, settings_for
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> LocalStore:
-    store = LocalStore(tmp_path / "store")
-    registry = Registry(store)
-    registry.promote(register_onnx(registry, mean_brightness_model(tmp_path / "m.onnx")), reason="test")
-    return store
+    return mean_model_store(tmp_path)
 
 
 @contextlib.contextmanager

@@ -15,11 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from model.registry import Registry
-from storage import LocalStore
 from tests.helpers import serving_process
-from tests.serving.onnx_models import mean_brightness_model
-from tests.serving.test_hardening import register_onnx
+from tests.serving.test_hardening import mean_model_store
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -41,9 +38,7 @@ def synthetic_image(size: int = 256) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("web")
-    store = LocalStore(tmp / "store")
-    registry = Registry(store)
-    registry.promote(register_onnx(registry, mean_brightness_model(tmp / "m.onnx")), reason="test")
+    store = mean_model_store(tmp)
     env = {"AIDETECT_HOME": str(tmp / "home"), "AIDETECT_STORE_URL": str(store.root)}
     with serving_process(env, tmp / "serving.log") as (_, base):
         yield base

@@ -35,12 +35,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from model.registry import Registry
 from serving.app import create_app
-from storage import LocalStore
 from tests.helpers import image_bytes
-from tests.serving.onnx_models import mean_brightness_model
-from tests.serving.test_hardening import register_onnx, settings_for
+from tests.serving.test_hardening import mean_model_store, settings_for
 
 FUZZ_EXAMPLES = int(os.environ.get("AIDETECT_FUZZ_EXAMPLES", "0"))
 MAX_EXAMPLES = FUZZ_EXAMPLES or 50
@@ -111,9 +108,7 @@ class Fuzz:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Api]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    store = LocalStore(tmp / "store")
-    registry = Registry(store)
-    registry.promote(register_onnx(registry, mean_brightness_model(tmp / "mean.onnx")), reason="fuzz")
+    store = mean_model_store(tmp)
     app = create_app(
         settings_for(
             tmp,

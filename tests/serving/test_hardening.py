@@ -34,6 +34,14 @@ def register_onnx(registry: Registry, onnx: Path | bytes, *, size: int = 32, **m
     )
 
 
+def mean_model_store(folder: Path) -> LocalStore:
+    """A local store under ``folder`` serving the mean-brightness model (P(ai) = mean pixel / 255)."""
+    store = LocalStore(folder / "store")
+    registry = Registry(store)
+    registry.promote(register_onnx(registry, mean_brightness_model(folder / "mean.onnx")), reason="test")
+    return store
+
+
 def settings_for(tmp_path: Path, store: LocalStore | None = None, **overrides: object) -> Settings:
     url = str(store.root) if store is not None else str(tmp_path / "store")
     values: dict[str, object] = {"home": tmp_path / "home", "store_url": url, "alias_poll_seconds": 0.2, **overrides}
@@ -237,9 +245,7 @@ CASES: list[tuple[str, Callable[[], bytes], str | None, int, str | tuple[float, 
 def mean_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """Serving a model whose P(ai) is the mean pixel value / 255, so verdicts are predictable."""
     tmp = tmp_path_factory.mktemp("mean")
-    store = LocalStore(tmp / "store")
-    registry = Registry(store)
-    registry.promote(register_onnx(registry, mean_brightness_model(tmp / "mean.onnx")), reason="test")
+    store = mean_model_store(tmp)
     with TestClient(create_app(settings_for(tmp, store, max_upload_bytes=250_000))) as client:
         yield client
 
