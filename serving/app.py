@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 
+from aidetect import __version__
 from aidetect.settings import Settings, get_settings
 from feedback.outbox import Outbox
 from feedback.policy import configured_policy
@@ -204,7 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="aidetect",
-        version="0.1.0",
+        version=__version__,
         summary="Is this image AI-generated? A continuously retrained detector.",
         description=(
             "Upload an image to `/v1/predict` for a verdict (`ai`, `real` or `uncertain`) from the production "
