@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def available_cores() -> int:
@@ -68,7 +71,34 @@ def tile_graph(path: Path | str) -> bytes | None:
     model = onnx.load(str(path))
     graph = model.graph
     producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    producers = {out: graph.node[i] for out, i in producer_index.items()}
+    initializers = {init.name: init for init in graph.initializer}
+    tiles = _mosaic_tiles_tensor(graph)
+    if tiles is None:
+        return None
+    cut = _per_tile_values(graph, {out: graph.node[i] for out, i in producer_index.items()})
+    if cut is None:
+        return None
+    per_tile, requantize = cut
+    made = {out for node in requantize for out in node.output}
+    wanted = [name for name in [node.input[0] for node in requantize] + per_tile if name not in made]
+    needed = _nodes_between(graph, producer_index, initializers, tiles, wanted)
+    if needed is None:
+        return None
+    nodes = [graph.node[i] for i in sorted(needed)] + requantize
+    used = {name for node in nodes for name in node.input}
+    cut_graph = onnx.helper.make_graph(
+        nodes,
+        f"{graph.name}_tile",
+        [onnx.helper.make_tensor_value_info(tiles, onnx.TensorProto.UINT8, ["tiles", None, None, 3])],
+        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in per_tile],
+        [initializers[name] for name in initializers if name in used],
+    )
+    tile_model = onnx.helper.make_model(cut_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    return bytes(tile_model.SerializeToString())
+
+
+def _mosaic_tiles_tensor(graph: onnx.GraphProto) -> str | None:
+    """The tensor of tiles that the input's ``Reshape -> Transpose -> Reshape`` cuts, or None."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -79,13 +109,26 @@ def tile_graph(path: Path | str) -> bytes | None:
         if len(after) != 1 or after[0].op_type != op:
             return None
         tensor = after[0].output[0]
-    per_tile, requantize = [], []
+    return tensor
+
+
+def _per_tile_values(
+    graph: onnx.GraphProto, producers: dict[str, onnx.NodeProto]
+) -> tuple[list[str], list[onnx.NodeProto]] | None:
+    """Per output, the per-tile value its ``Reshape -> ReduceMean`` averages, and the Q/DQ nodes to repeat on it.
+
+    An INT8 file quantises the per-tile values between the cut and the mean: elementwise with
+    one scale, so the same Q/DQ applied to the tile's value gives what the mean sees. None if an
+    output is not such a mean.
+    """
+    import onnx
+
+    per_tile: list[str] = []
+    requantize: list[onnx.NodeProto] = []
     for output in graph.output:
         mean = producers.get(output.name)
         if mean is None or mean.op_type != "ReduceMean":
             return None
-        # An INT8 file quantises the per-tile values between the cut and the mean: elementwise
-        # with one scale, so the same Q/DQ applied to the tile's value gives what the mean sees.
         chain: list[onnx.NodeProto] = []
         cut = producers.get(mean.input[0])
         while cut is not None and cut.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -100,33 +143,34 @@ def tile_graph(path: Path | str) -> bytes | None:
             )
             value = requantize[-1].output[0]
         per_tile.append(value)
-    # The nodes the per-tile outputs need, back to the tiles (onnx.utils.Extractor wants shapes
-    # that shape inference does not give tf2onnx's reshapes).
-    initializers = {init.name: init for init in graph.initializer}
+    return per_tile, requantize
+
+
+def _nodes_between(
+    graph: onnx.GraphProto,
+    producer_index: dict[str, int],
+    initializers: dict[str, onnx.TensorProto],
+    start: str,
+    wanted: list[str],
+) -> set[int] | None:
+    """Indices of the nodes that compute ``wanted`` from ``start`` and the initialisers, or None.
+
+    Found by walking back from ``wanted`` (onnx.utils.Extractor wants shapes that shape
+    inference does not give tf2onnx's reshapes).
+    """
     needed: set[int] = set()
-    made = {out: node for node in requantize for out in node.output}
-    stack = [name for name in [node.input[0] for node in requantize] + per_tile if name not in made]
+    stack = list(wanted)
     seen: set[str] = set()
     while stack:
         name = stack.pop()
-        if name in seen or name == tensor or name in initializers or not name:
+        if name in seen or name == start or name in initializers or not name:
             continue
         seen.add(name)
         if name not in producer_index:  # reaches the mosaic input some other way: no clean cut
             return None
         needed.add(producer_index[name])
         stack.extend(graph.node[producer_index[name]].input)
-    nodes = [graph.node[i] for i in sorted(needed)] + requantize
-    used = {name for node in nodes for name in node.input}
-    cut_graph = onnx.helper.make_graph(
-        nodes,
-        f"{graph.name}_tile",
-        [onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.UINT8, ["tiles", None, None, 3])],
-        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in per_tile],
-        [initializers[name] for name in initializers if name in used],
-    )
-    tile_model = onnx.helper.make_model(cut_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    return bytes(tile_model.SerializeToString())
+    return needed
 
 
 class OnnxModel:
