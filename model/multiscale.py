@@ -26,8 +26,9 @@ import hashlib
 import io
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -200,6 +201,167 @@ def _epochs_for(rows: int, batch_size: int, steps: int) -> int:
     return max(1, math.ceil(steps / max(1, math.ceil(rows / batch_size))))
 
 
+@dataclass
+class _TileRows:
+    """The training images as tile rows: per row its features and label; per image its rows, label and origin."""
+
+    x: np.ndarray  # (rows, features)
+    y: np.ndarray  # per row: its image's label
+    counts: list[int]  # per image: how many rows it has
+    y_image: np.ndarray
+    from_feedback: np.ndarray  # per image: of one of ``settings.expert_datasets``
+
+    @classmethod
+    def of(cls, per_image: list[np.ndarray], images: ImageSet, expert_datasets: Iterable[str]) -> _TileRows:
+        counts = [len(r) for r in per_image]
+        y_image = images.y.astype(np.float32)
+        from_feedback = np.isin(np.asarray(images.dataset), list(expert_datasets))
+        return cls(np.concatenate(per_image), np.repeat(y_image, counts), counts, y_image, from_feedback)
+
+    def base_images(self) -> np.ndarray:
+        """The images not of the feedback, as a mask over images (all of them if every one is)."""
+        return ~self.from_feedback if (~self.from_feedback).any() else np.ones_like(self.from_feedback)
+
+    def rows(self, images: np.ndarray) -> np.ndarray:
+        """The rows of the images a boolean mask over images selects, as a mask over rows."""
+        return np.repeat(images, self.counts)
+
+
+def _unit(head: keras.Model, name: str) -> keras.Model:
+    """One of the head's logistic units as a model of its own (the same layers: training it trains them)."""
+    x = head.get_layer(f"{name}_dropout")(head.get_layer(f"{name}_standardize")(head.input))
+    return keras.Model(head.input, head.get_layer(name)(x))
+
+
+def _fit_rows(
+    part: keras.Model,
+    rows: _TileRows,
+    images: np.ndarray,
+    settings: Any,
+    *,
+    beta: float,
+    epochs: int,
+    seed: int,
+    after_epoch: Callable[[int, float], bool] | None = None,
+) -> None:
+    """``_fit`` on the rows of the images ``images`` selects, labelled as their images, each image weighing one."""
+    selected = rows.rows(images)
+    _fit(
+        part,
+        rows.x[selected],
+        rows.y[selected],
+        _weights([c for c, chosen in zip(rows.counts, images, strict=True) if chosen]),
+        settings,
+        alpha=settings.alpha,
+        beta=beta,
+        epochs=epochs,
+        seed=seed,
+        after_epoch=after_epoch,
+    )
+
+
+class _BestOnValidation:
+    """``after_epoch`` of the base unit: validation F1 per epoch, the best epoch's weights, early stopping."""
+
+    def __init__(
+        self, head: keras.Model, val_data: ArrayData, val_rows: list[np.ndarray], settings: Any, log: Log
+    ) -> None:
+        self.head, self.val_data, self.val_rows, self.settings, self.log = head, val_data, val_rows, settings, log
+        self.history: list[dict[str, float]] = []
+        self.best: tuple[float, int, list[np.ndarray]] = (-1.0, 0, head.get_weights())  # (F1, epoch, weights)
+
+    def __call__(self, epoch: int, loss: float) -> bool:
+        """Records the epoch; True to stop (``settings.patience`` epochs without a better F1)."""
+        settings = self.settings
+        t = time.perf_counter()
+        metrics = binary_metrics(self.val_data.y, image_scores(self.head, self.val_rows))
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "val_accuracy": metrics["accuracy"],
+                "val_f1": metrics["f1"],
+                "val_mean_prediction": metrics["mean_prediction"],
+                "seconds": time.perf_counter() - t,
+            }
+        )
+        if metrics["f1"] > self.best[0]:
+            self.best = (metrics["f1"], epoch + 1, self.head.get_weights())
+        if (epoch + 1) % max(1, settings.epochs // 10) == 0 or epoch + 1 == settings.epochs:
+            self.log(
+                f"epoch {epoch + 1}/{settings.epochs}: loss {loss:.4f}, val accuracy "
+                f"{metrics['accuracy']:.4f}, val F1 {metrics['f1']:.4f}"
+            )
+        if epoch + 1 - self.best[1] >= settings.patience:
+            self.log(f"early stop: no better validation F1 for {settings.patience} epochs")
+            return True
+        return False
+
+
+def _train_base(
+    head: keras.Model,
+    part: keras.Model,
+    rows: _TileRows,
+    base_images: np.ndarray,
+    beta: float,
+    val: tuple[ArrayData, list[np.ndarray]],
+    settings: Any,
+    name: str,
+    log: Log,
+) -> tuple[list[dict[str, float]], int]:
+    """The base unit on the base images, early-stopped on validation F1 and left at its best epoch.
+
+    Returns the per-epoch history and the best epoch.
+    """
+    head.get_layer("base_standardize").set_statistics(rows.x[rows.rows(base_images)])
+    log(
+        f"training the {name} base head on {int(rows.rows(base_images).sum())} tiles of {int(base_images.sum())} "
+        f"images ({float(rows.y_image[base_images].mean()):.1%} ai), beta={beta:.3f}"
+    )
+    track = _BestOnValidation(head, val[0], val[1], settings, log)
+    _fit_rows(
+        part, rows, base_images, settings, beta=beta, epochs=settings.epochs, seed=settings.seed, after_epoch=track
+    )
+    head.set_weights(track.best[2])
+    return track.history, track.best[1]
+
+
+def _train_expert_and_gate(
+    head: keras.Model, part: dict[str, keras.Model], rows: _TileRows, settings: Any, log: Log
+) -> None:
+    """The expert on the feedback images and the gate on feedback vs base, if the feedback holds both labels."""
+    from_feedback = rows.from_feedback
+    row_feedback = rows.rows(from_feedback)
+    feedback_labels = set(rows.y_image[from_feedback].tolist())
+    if len(feedback_labels) != 2:
+        if from_feedback.any():
+            log(f"the feedback holds one label only ({sorted(feedback_labels)}): no expert trained")
+        return
+    beta_expert = settings.beta if settings.beta is not None else float(rows.y_image[from_feedback].mean())
+    epochs = _epochs_for(int(row_feedback.sum()), settings.batch_size, EXPERT_STEPS)
+    log(
+        f"training the expert on {int(row_feedback.sum())} tiles of {int(from_feedback.sum())} feedback images "
+        f"({float(rows.y_image[from_feedback].mean()):.1%} ai), {epochs} epochs"
+    )
+    head.get_layer("expert_standardize").set_statistics(rows.x[row_feedback])
+    _fit_rows(part["expert"], rows, from_feedback, settings, beta=beta_expert, epochs=epochs, seed=settings.seed + 1)
+    log(f"training the gate: feedback ({int(from_feedback.sum())} images) vs base ({int((~from_feedback).sum())})")
+    head.get_layer("gate_standardize").set_statistics(rows.x)
+    gate = head.get_layer("gate")  # opened from zero: from the closed bias, 300 steps would not get it open
+    gate.set_weights([np.zeros_like(w) for w in gate.get_weights()])
+    _fit(
+        part["gate"],
+        rows.x,
+        row_feedback.astype(np.float32),
+        _weights(rows.counts, from_feedback),
+        settings,
+        alpha=0.0,
+        beta=0.5,
+        epochs=_epochs_for(len(rows.x), settings.batch_size, EXPERT_STEPS),
+        seed=settings.seed + 2,
+    )
+
+
 def train_multiscale(
     config: ModelConfig,
     train_data: ImageSet,
@@ -229,116 +391,22 @@ def train_multiscale(
     cache = FeatureCache(store, extractor_id(model, config))
     train_rows = tile_features(model, config, train_data, cache, log=log, workers=settings.workers)
     val_rows = tile_features(model, config, val_data, cache, log=log, workers=settings.workers)
-    counts = [len(r) for r in train_rows]
-    x = np.concatenate(train_rows)
-    y_image = train_data.y.astype(np.float32)
-    y = np.repeat(y_image, counts)
-    from_feedback = np.isin(np.asarray(train_data.dataset), list(settings.expert_datasets))
-    row_feedback = np.repeat(from_feedback, counts)
+    rows = _TileRows.of(train_rows, train_data, settings.expert_datasets)
     head = model.get_layer(HEAD)
-
-    def unit(name: str) -> keras.Model:
-        """One of the head's logistic units as a model of its own (the same layers: training it trains them)."""
-        x = head.get_layer(f"{name}_dropout")(head.get_layer(f"{name}_standardize")(head.input))
-        return keras.Model(head.input, head.get_layer(name)(x))
-
-    part = {name: unit(name) for name in ("base", "expert", "gate")}
+    part = {name: _unit(head, name) for name in ("base", "expert", "gate")}
     history: list[dict[str, float]] = []
     best_epoch = 0
-    base_images = ~from_feedback if (~from_feedback).any() else np.ones_like(from_feedback)
-    base_rows = np.repeat(base_images, counts)
-    beta_base = settings.beta if settings.beta is not None else float(y_image[base_images].mean())
+    base_images = rows.base_images()
+    beta_base = settings.beta if settings.beta is not None else float(rows.y_image[base_images].mean())
 
     if initial_model is None:
-        head.get_layer("base_standardize").set_statistics(x[base_rows])
-        log(
-            f"training the {config.name} base head on {int(base_rows.sum())} tiles of {int(base_images.sum())} "
-            f"images ({float(y_image[base_images].mean()):.1%} ai), beta={beta_base:.3f}"
+        history, best_epoch = _train_base(
+            head, part["base"], rows, base_images, beta_base, (val_data, val_rows), settings, config.name, log
         )
-        best: tuple[float, int, list[np.ndarray]] = (-1.0, 0, head.get_weights())
-
-        def track(epoch: int, loss: float) -> bool:
-            nonlocal best
-            t = time.perf_counter()
-            metrics = binary_metrics(val_data.y, image_scores(head, val_rows))
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "loss": loss,
-                    "val_accuracy": metrics["accuracy"],
-                    "val_f1": metrics["f1"],
-                    "val_mean_prediction": metrics["mean_prediction"],
-                    "seconds": time.perf_counter() - t,
-                }
-            )
-            if metrics["f1"] > best[0]:
-                best = (metrics["f1"], epoch + 1, head.get_weights())
-            if (epoch + 1) % max(1, settings.epochs // 10) == 0 or epoch + 1 == settings.epochs:
-                log(
-                    f"epoch {epoch + 1}/{settings.epochs}: loss {loss:.4f}, val accuracy "
-                    f"{metrics['accuracy']:.4f}, val F1 {metrics['f1']:.4f}"
-                )
-            if epoch + 1 - best[1] >= settings.patience:
-                log(f"early stop: no better validation F1 for {settings.patience} epochs")
-                return True
-            return False
-
-        base_counts = [c for c, b in zip(counts, base_images, strict=True) if b]
-        _fit(
-            part["base"],
-            x[base_rows],
-            y[base_rows],
-            _weights(base_counts),
-            settings,
-            alpha=settings.alpha,
-            beta=beta_base,
-            epochs=settings.epochs,
-            seed=settings.seed,
-            after_epoch=track,
-        )
-        head.set_weights(best[2])
-        best_epoch = best[1]
     else:
         log("warm start: the champion's base unit is kept")
 
-    feedback_labels = set(y_image[from_feedback].tolist())
-    if len(feedback_labels) == 2:
-        fb_counts = [c for c, f in zip(counts, from_feedback, strict=True) if f]
-        beta_expert = settings.beta if settings.beta is not None else float(y_image[from_feedback].mean())
-        epochs = _epochs_for(int(row_feedback.sum()), settings.batch_size, EXPERT_STEPS)
-        log(
-            f"training the expert on {int(row_feedback.sum())} tiles of {int(from_feedback.sum())} feedback images "
-            f"({float(y_image[from_feedback].mean()):.1%} ai), {epochs} epochs"
-        )
-        head.get_layer("expert_standardize").set_statistics(x[row_feedback])
-        _fit(
-            part["expert"],
-            x[row_feedback],
-            y[row_feedback],
-            _weights(fb_counts),
-            settings,
-            alpha=settings.alpha,
-            beta=beta_expert,
-            epochs=epochs,
-            seed=settings.seed + 1,
-        )
-        log(f"training the gate: feedback ({int(from_feedback.sum())} images) vs base ({int((~from_feedback).sum())})")
-        head.get_layer("gate_standardize").set_statistics(x)
-        gate = head.get_layer("gate")  # opened from zero: from the closed bias, 300 steps would not get it open
-        gate.set_weights([np.zeros_like(w) for w in gate.get_weights()])
-        _fit(
-            part["gate"],
-            x,
-            row_feedback.astype(np.float32),
-            _weights(counts, from_feedback),
-            settings,
-            alpha=0.0,
-            beta=0.5,
-            epochs=_epochs_for(len(x), settings.batch_size, EXPERT_STEPS),
-            seed=settings.seed + 2,
-        )
-    elif from_feedback.any():
-        log(f"the feedback holds one label only ({sorted(feedback_labels)}): no expert trained")
+    _train_expert_and_gate(head, part, rows, settings, log)
     val_metrics = binary_metrics(val_data.y, image_scores(head, val_rows))
     log(f"validation: accuracy {val_metrics['accuracy']:.4f}, F1 {val_metrics['f1']:.4f}")
     return TrainResult(
