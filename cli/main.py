@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aidetect.settings import PRODUCTION_ALIAS, get_settings
 from model.config import DEFAULT_ARCHITECTURE
@@ -15,6 +15,8 @@ from storage import configured_store
 
 if TYPE_CHECKING:
     from model.data import ImageSet
+
+    Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]  # what add_subparsers returns
 
 
 def _cmd_data_import(args: argparse.Namespace) -> int:
@@ -400,7 +402,17 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aidetect", description="A continuously retrained AI-image detector.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_data_commands(commands)
+    _add_model_commands(commands)
+    _add_flow_commands(commands)
+    _add_feedback_commands(commands)
+    _add_predict_command(commands)
+    _add_serve_command(commands)
+    _add_local_commands(commands)
+    return parser
 
+
+def _add_data_commands(commands: Commands) -> None:
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     imp = data.add_parser("import", help="import a folder or .tar.gz laid out as ai/ and real/")
     imp.add_argument("path")
@@ -409,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=_cmd_data_import)
     data.add_parser("list", help="dataset versions").set_defaults(func=_cmd_data_list)
 
+
+def _add_model_commands(commands: Commands) -> None:
     mdl = commands.add_parser("model", help="the model registry").add_subparsers(dest="model_command", required=True)
     lst = mdl.add_parser("list", help="registered versions")
     lst.add_argument("--alias", default=PRODUCTION_ALIAS)
@@ -421,6 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     prm.add_argument("--alias", default=PRODUCTION_ALIAS)
     prm.add_argument("--reason", default="manual promotion")
     prm.set_defaults(func=_cmd_model_promote)
+    _add_model_register(mdl)
+    _add_model_evaluate(mdl)
+    rbk = mdl.add_parser("rollback", help="point an alias back at its previous version")
+    rbk.add_argument("--alias", default=PRODUCTION_ALIAS)
+    rbk.add_argument("--reason", default="manual rollback")
+    rbk.set_defaults(func=_cmd_model_rollback)
+
+
+def _add_model_register(mdl: Commands) -> None:
     reg = mdl.add_parser("register", help="register a .onnx or .keras model trained elsewhere (not promoted)")
     reg.add_argument("file")
     reg.add_argument("--input-fit", choices=["resize", "mosaic"], default=None, help="how images fit the input")
@@ -428,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--temperature", type=float, default=1.0, help="calibration temperature of its scores")
     reg.add_argument("--note", default="", help="kept in the version's metadata")
     reg.set_defaults(func=_cmd_model_register)
+
+
+def _add_model_evaluate(mdl: Commands) -> None:
     evl = mdl.add_parser(
         "evaluate", help="the gate's evaluation of a version on a labelled folder or archive (ai/, real/)"
     )
@@ -437,12 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--clean-only", action="store_true", help="skip the JPEG and half-size robustness tiers")
     evl.add_argument("--json", action="store_true", help="print the whole report as JSON")
     evl.set_defaults(func=_cmd_model_evaluate)
-    rbk = mdl.add_parser("rollback", help="point an alias back at its previous version")
-    rbk.add_argument("--alias", default=PRODUCTION_ALIAS)
-    rbk.add_argument("--reason", default="manual rollback")
-    rbk.set_defaults(func=_cmd_model_rollback)
 
+
+def _add_flow_commands(commands: Commands) -> None:
     flw = commands.add_parser("flow", help="run a flow once").add_subparsers(dest="flow_command", required=True)
+    _add_flow_retrain(flw)
+    gat = flw.add_parser("gather-feedback", help="misclassified feedback -> a dataset version")
+    gat.add_argument("--dataset", default="feedback")
+    gat.set_defaults(func=_cmd_flow_gather)
+    drf = flw.add_parser("monitor-drift", help="recent predictions vs the live model's reference (Evidently)")
+    drf.add_argument("--window-hours", type=_positive_int, default=24)
+    drf.add_argument("--alias", default=PRODUCTION_ALIAS)
+    drf.add_argument("--min-rows", type=_positive_int, default=100, help="fewer predictions: no report")
+    drf.set_defaults(func=_cmd_flow_drift)
+
+
+def _add_flow_retrain(flw: Commands) -> None:
     ret = flw.add_parser("retrain", help="train, validate, export, register and promote")
     ret.add_argument("--datasets", nargs="*", help="name or name@version (default: latest of every dataset)")
     ret.add_argument(
@@ -463,15 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ret.add_argument("--seed", type=int, default=0, help="shuffling, augmentation and initialisation")
     ret.set_defaults(func=_cmd_flow_retrain)
-    gat = flw.add_parser("gather-feedback", help="misclassified feedback -> a dataset version")
-    gat.add_argument("--dataset", default="feedback")
-    gat.set_defaults(func=_cmd_flow_gather)
-    drf = flw.add_parser("monitor-drift", help="recent predictions vs the live model's reference (Evidently)")
-    drf.add_argument("--window-hours", type=_positive_int, default=24)
-    drf.add_argument("--alias", default=PRODUCTION_ALIAS)
-    drf.add_argument("--min-rows", type=_positive_int, default=100, help="fewer predictions: no report")
-    drf.set_defaults(func=_cmd_flow_drift)
 
+
+def _add_feedback_commands(commands: Commands) -> None:
     fbk = commands.add_parser("feedback", help="feedback reports").add_subparsers(
         dest="feedback_command", required=True
     )
@@ -501,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--note", default=None)
         cmd.set_defaults(func=_cmd_feedback_decide, decision=decision)
 
+
+def _add_predict_command(commands: Commands) -> None:
     prd = commands.add_parser("predict", help="score image files locally (onnxruntime, the registry's model)")
     prd.add_argument("files", nargs="+", help="image files")
     prd.add_argument("--alias", default=PRODUCTION_ALIAS, help="the alias whose model scores them")
@@ -508,11 +540,16 @@ def build_parser() -> argparse.ArgumentParser:
     prd.add_argument("--json", action="store_true", help="one JSON list instead of a table")
     prd.set_defaults(func=_cmd_predict)
 
+
+def _add_serve_command(commands: Commands) -> None:
     srv = commands.add_parser("serve", help="run the HTTP service")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.set_defaults(func=_cmd_serve)
 
+
+def _add_local_commands(commands: Commands) -> None:
+    """The embedded default on this machine: the demo, the long-running stack, deploying, stopping."""
     demo = commands.add_parser("demo", help="run the whole loop once on the embedded default")
     demo.add_argument("--data", default="../shared/data/cifake-dev.tar.gz", help="base dataset (.tar.gz or folder)")
     demo.add_argument("--newgen", default="../shared/data/newgen-dev.tar.gz", help="images from a new generator")
@@ -536,7 +573,6 @@ def build_parser() -> argparse.ArgumentParser:
     stop = commands.add_parser("stop", help="stop the services a demo left running")
     stop.add_argument("--home", default=".aidetect/demo")
     stop.set_defaults(func=_cmd_stop)
-    return parser
 
 
 def _positive_int(text: str) -> int:
