@@ -19,20 +19,20 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from aidetect.settings import PRODUCTION_ALIAS
-from flows.common import store_for
+from aidetect.settings import get_settings
+from flows.common import io_task, store_for
+from flows.reports import drift_report
 from model.drift import (
     DRIFT_CALIBRATION_FILE,
     PARTS,
     REFERENCE_FILE,
-    as_utc,
     detect_drift,
-    load_prediction_window,
     read_reference,
 )
 from model.registry import Registry
 from storage import NotFound
 from storage.layout import DRIFT_LATEST, drift_report_prefix, model_prefix, new_version_id, utcnow
+from storage.predictions import as_utc, read_window
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.json"
@@ -44,13 +44,14 @@ class MissingReference(RuntimeError):
     """The monitored model version was registered without drift reference files."""
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@io_task
 def aliased_version(store_url: str | None, alias: str) -> str | None:
+    """The version ``alias`` points at, if any."""
     record, _ = Registry(store_for(store_url)).alias(alias)
     return record.version if record else None
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@io_task
 def model_file(store_url: str | None, version: str, name: str) -> bytes | None:
     """A file of a model version, or None when the version has none of that name."""
     try:
@@ -59,18 +60,21 @@ def model_file(store_url: str | None, version: str, name: str) -> bytes | None:
         return None
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@io_task
 def load_window(store_url: str | None, start: datetime, end: datetime, version: str) -> pd.DataFrame:
-    return load_prediction_window(store_for(store_url), start, end, version)
+    """The predictions ``version`` made from ``start`` to ``end``."""
+    return read_window(store_for(store_url), start, end, version)
 
 
 @task(cache_policy=NO_CACHE)
 def compare(reference: bytes, window: pd.DataFrame, calibration: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Evidently's comparison of ``window`` with the reference: the summary and the HTML report."""
     return detect_drift(read_reference(reference), window, calibration)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@io_task
 def save_report(store_url: str | None, prefix: str, html: str, summary: dict[str, Any]) -> None:
+    """The HTML report and its summary under ``prefix``, then the summary as the latest."""
     store = store_for(store_url)
     store.put(prefix + REPORT_FILE, html.encode())
     body = json.dumps(summary, indent=2, allow_nan=False).encode()
@@ -81,17 +85,19 @@ def save_report(store_url: str | None, prefix: str, html: str, summary: dict[str
 @flow(name="monitor-drift", log_prints=True)
 def monitor_drift(
     window_hours: int = 24,
-    alias: str = PRODUCTION_ALIAS,
+    alias: str | None = None,
     min_rows: int = 100,
     store_url: str | None = None,
     end: datetime | None = None,
 ) -> dict[str, Any]:
     """Compare the last ``window_hours`` of predictions (up to ``end``, default now) with the reference.
 
-    Returns the summary; its ``status`` is ``drift``, ``no drift`` or ``insufficient data`` (fewer
-    than ``min_rows`` predictions by the aliased version: nothing is written to the store then).
+    ``alias`` (default: the settings' ``model_alias``) names the monitored version. Returns the
+    summary; its ``status`` is ``drift``, ``no drift`` or ``insufficient data`` (fewer than
+    ``min_rows`` predictions by the aliased version: nothing is written to the store then).
     """
     logger = get_run_logger()
+    alias = alias or get_settings().model_alias
     end = utcnow() if end is None else as_utc(end)
     start = end - timedelta(hours=window_hours)
     version = aliased_version(store_url, alias)
@@ -113,7 +119,7 @@ def monitor_drift(
     if len(window) < min_rows:
         summary.update(status="insufficient data", drift_detected=False, rows={"current": len(window)})
         logger.warning("%d predictions by %s in the window, %d needed: no drift report", len(window), version, min_rows)
-        create_markdown_artifact(key=ARTIFACT_KEY, markdown=_markdown(summary), description=f"drift of {version}")
+        create_markdown_artifact(key=ARTIFACT_KEY, markdown=drift_report(summary), description=f"drift of {version}")
         return summary
 
     result, html = compare(reference, window, json.loads(calibration))
@@ -121,7 +127,7 @@ def monitor_drift(
     summary.update(status="drift" if result["drift_detected"] else "no drift", **result)
     summary["report"] = prefix + REPORT_FILE
     save_report(store_url, prefix, html, summary)
-    create_markdown_artifact(key=ARTIFACT_KEY, markdown=_markdown(summary), description=f"drift of {version}")
+    create_markdown_artifact(key=ARTIFACT_KEY, markdown=drift_report(summary), description=f"drift of {version}")
     logger.info("%s: %s (%s)", version, summary["status"], ", ".join(result["drifted_parts"]) or "no part drifted")
     if result["drift_detected"]:
         emit_event(
@@ -139,38 +145,3 @@ def monitor_drift(
             },
         )
     return summary
-
-
-def _markdown(summary: dict[str, Any]) -> str:
-    window = summary["window"]
-    lines = [
-        f"# Drift of `{summary['model_version']}` ({summary['alias']}): {summary['status']}",
-        "",
-        f"Window: {window['start']} to {window['end']} ({window['hours']} h)",
-        "",
-    ]
-    if summary["status"] == "insufficient data":
-        lines.append(f"Only {summary['rows']['current']} predictions by this version in the window: no report.")
-        return "\n".join(lines)
-    rows, mean = summary["rows"], summary["mean_probability"]
-    lines += [
-        "| part | score | threshold | drifted |",
-        "|---|---|---|---|",
-        *(
-            f"| {part} | {v['score']:.4g} | {v['threshold']:.4g} | {'**yes**' if v['drifted'] else 'no'} |"
-            for part, v in summary["parts"].items()
-        ),
-        "",
-        f"Drifted image statistics: {', '.join(summary['drifted_columns']) or 'none'}",
-        "",
-        f"Rows: {rows['current']} predictions against {rows['reference']} reference images"
-        f" (compared: {rows['compared_current']} and {rows['compared_reference']}).",
-        "",
-        f"Mean P(ai): {mean['current']:.3f} now, {mean['reference']:.3f} in the reference.",
-        "",
-        f"False-alarm rate measured at calibration: {summary['false_alarm_rate']:.2%}"
-        f" (target {summary['target_false_alarm_rate']:.0%}).",
-        "",
-        f"Report: `{summary['report']}` (with `summary.json` beside it).",
-    ]
-    return "\n".join(lines)
