@@ -40,6 +40,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._serving import start_server  # noqa: E402
+from cli.loop import (  # noqa: E402
+    LabelledImage,
+    accuracy,
+    labelled_images,
+    predict_all,
+    retrain_with_feedback,
+    train_first_version,
+    wait_for_version,
+)
 from storage import configured_store  # noqa: E402
 
 
@@ -47,34 +56,16 @@ def log(message: str) -> None:
     print(f"[loop {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _predict(client: httpx.Client, images: list[tuple[str, str, bytes]]) -> list[dict[str, Any]]:
-    out = []
-    for name, truth, data in images:
-        response = client.post("/v1/predict", files={"file": (name, data)})
-        response.raise_for_status()
-        out.append({**response.json(), "truth": truth})
-    return out
-
-
-def _accuracy(results: list[dict[str, Any]]) -> float:
-    return sum(r["label"] == r["truth"] for r in results) / max(1, len(results))
-
-
-def _wait_for_version(client: httpx.Client, version: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    live = client.get("/v1/model").json()["version"]
-    while live != version and time.monotonic() < deadline:
-        time.sleep(0.5)
-        live = client.get("/v1/model").json()["version"]
-    return str(live)
-
-
 def run_fold(
-    fold: int, base_home: Path, work: Path, feedback_images: list[Any], held_out: list[Any], args: argparse.Namespace
+    fold: int,
+    base_home: Path,
+    work: Path,
+    feedback_images: list[LabelledImage],
+    held_out: list[LabelledImage],
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     from aidetect.settings import get_settings
     from flows.gather import gather_feedback
-    from flows.retrain import retrain
     from model.data import load_images
     from model.registry import Registry
 
@@ -96,29 +87,25 @@ def run_fold(
             httpx.Client(base_url=server.url, timeout=60, transport=httpx.HTTPTransport(local_address=address))
             for address in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
         ]
-        before = _predict(clients[0], held_out)
-        seen = _predict(clients[0], feedback_images)
+        before = predict_all(clients[0], held_out)
+        seen = predict_all(clients[0], feedback_images)
         wrong = [r for r in seen if r["label"] != r["truth"]]
         for i, r in enumerate(seen):
             for client in clients[2 * (i % 2) : 2 * (i % 2) + 2]:  # each image by one pair of clients
                 client.post("/v1/feedback", data={"prediction_id": r["id"], "label": r["truth"]}).raise_for_status()
-        log(f"split {fold}: v1 held-out accuracy {_accuracy(before):.3f}; {len(seen)} reported ({len(wrong)} wrong)")
+        log(f"split {fold}: v1 held-out accuracy {accuracy(before):.3f}; {len(seen)} reported ({len(wrong)} wrong)")
         feedback_version = gather_feedback(retrain_after=10**9, misclassified_only=False)
         ref = f"feedback@{feedback_version}"
         taken = {split: len(load_images(store, [ref], split)) for split in ("train", "val", "test")}
         log(f"split {fold}: feedback@{feedback_version} took {sum(taken.values())} images {taken}")
-        second = retrain(
-            architecture=args.architecture,
-            epochs=args.epochs,
-            max_train_images=args.max_train_images,
-            augment=False,
-            reason=f"bench split {fold}",
+        second = retrain_with_feedback(
+            args.architecture, args.epochs, args.max_train_images, reason=f"bench split {fold}"
         )
         verdict = "promoted" if second["promoted"] else "rejected: " + "; ".join(second["verdict"]["reasons"])
         log(f"split {fold}: v2 {verdict}")
-        live = _wait_for_version(clients[0], second["version"]) if second["promoted"] else v1
-        after = _predict(clients[0], held_out)
-        log(f"split {fold}: held-out accuracy as served {_accuracy(before):.3f} -> {_accuracy(after):.3f} ({live})")
+        live = wait_for_version(clients[0], second["version"], 120) if second["promoted"] else v1
+        after = predict_all(clients[0], held_out)
+        log(f"split {fold}: held-out accuracy as served {accuracy(before):.3f} -> {accuracy(after):.3f} ({live})")
         for client in clients:
             client.close()
     finally:
@@ -136,7 +123,7 @@ def run_fold(
         "gate_reasons": second["verdict"]["reasons"],
         "gate_notes": second["verdict"]["notes"],
         "serving_after": live,
-        "held_out_accuracy": {"before": _accuracy(before), "after": _accuracy(after)},
+        "held_out_accuracy": {"before": accuracy(before), "after": accuracy(after)},
         "held_out_correct": {
             "before": sum(r["label"] == r["truth"] for r in before),
             "after": sum(r["label"] == r["truth"] for r in after),
@@ -168,8 +155,7 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from aidetect.settings import get_settings
-    from flows.retrain import retrain
-    from model.data import SourceImage, import_dataset, iter_source
+    from model.data import import_dataset
 
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="aidetect-loop-"))
@@ -177,9 +163,7 @@ def main() -> None:
     os.environ["AIDETECT_HOME"] = str(base_home)
     os.environ.pop("AIDETECT_STORE_URL", None)
     get_settings.cache_clear()
-    newgen = [
-        (Path(i.path).name, i.label, i.data) for i in iter_source(Path(args.newgen)) if isinstance(i, SourceImage)
-    ]
+    newgen = labelled_images(Path(args.newgen))
     labels = np.array([label for _, label, _ in newgen])
     splits = []
     for k in range(args.splits):
@@ -194,15 +178,7 @@ def main() -> None:
             configured_store(get_settings()), Path(args.cifake), "cifake", limit_per_class=args.limit_per_class
         )
         log(f"training v1 on cifake@{imported.version}")
-        first = retrain(
-            datasets=["cifake"],
-            architecture=args.architecture,
-            epochs=args.epochs,
-            max_train_images=args.max_train_images,
-            warm_start=False,
-            augment=False,
-            reason="bench v1",
-        )
+        first = train_first_version(args.architecture, args.epochs, args.max_train_images, reason="bench v1")
         assert first["promoted"], first["verdict"]
         results = []
         for k, (reported, held) in enumerate(splits):

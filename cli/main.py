@@ -384,9 +384,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    from cli.demo import stop_services
+    from cli.processes import stop_recorded
 
-    stopped = stop_services(Path(args.home) / "run")
+    stopped = stop_recorded(Path(args.home) / "run")
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
     return 0
 

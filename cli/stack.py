@@ -22,6 +22,8 @@ from typing import IO
 
 import httpx
 
+from cli.processes import Children
+
 ROOT = Path(__file__).resolve().parent.parent
 POOLS = ("cpu", "gpu")
 
@@ -69,12 +71,9 @@ def deploy(env: dict[str, str], log: IO[bytes] | None = None) -> None:
     )
 
 
-def run_up(args: argparse.Namespace) -> int:
-    home = Path(args.home).resolve()
-    logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    prefect_url = f"http://127.0.0.1:{args.prefect_port}"
-    env = {
+def _stack_env(home: Path, prefect_url: str) -> dict[str, str]:
+    """The environment of every process of the stack: one home, one Prefect API, unbuffered output."""
+    return {
         **os.environ,
         "AIDETECT_HOME": str(home),
         "AIDETECT_CODE_DIR": str(ROOT),
@@ -83,16 +82,31 @@ def run_up(args: argparse.Namespace) -> int:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PYTHONUNBUFFERED": "1",
     }
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    stopping = False
 
-    def start(name: str, command: list[str]) -> subprocess.Popen[bytes]:
-        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        process = subprocess.Popen(  # noqa: S603 - our own commands (this venv's binaries), no shell
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
-        )
-        children.append((name, process))
-        return process
+
+def _start_stack(children: Children, env: dict[str, str], args: argparse.Namespace, prefect_url: str) -> None:
+    """The Prefect server, the deployments, one worker per pool and serving, each waited for."""
+    server = children.start(
+        "prefect-server",
+        [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(args.prefect_port)],
+    )
+    wait_http(f"{prefect_url}/api/health", 180, "the Prefect server", server)
+    with open(children.log_dir / "deploy.log", "ab") as log:
+        deploy(env, log)
+    for pool in POOLS:
+        children.start(f"worker-{pool}", [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process"])
+    serving = children.start("serving", [_bin("aidetect"), "serve", "--host", "127.0.0.1", "--port", str(args.port)])
+    wait_http(f"http://127.0.0.1:{args.port}/healthz", 120, "serving", serving)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    home = Path(args.home).resolve()
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    prefect_url = f"http://127.0.0.1:{args.prefect_port}"
+    env = _stack_env(home, prefect_url)
+    children = Children(logs, env, cwd=ROOT)
+    stopping = False
 
     def stop(*_: object) -> None:
         nonlocal stopping
@@ -102,17 +116,7 @@ def run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     print(f"aidetect up: home {home}, logs in {logs}", flush=True)
     try:
-        server = start(
-            "prefect-server",
-            [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(args.prefect_port)],
-        )
-        wait_http(f"{prefect_url}/api/health", 180, "the Prefect server", server)
-        with open(logs / "deploy.log", "ab") as log:
-            deploy(env, log)
-        for pool in POOLS:
-            start(f"worker-{pool}", [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process"])
-        serving = start("serving", [_bin("aidetect"), "serve", "--host", "127.0.0.1", "--port", str(args.port)])
-        wait_http(f"http://127.0.0.1:{args.port}/healthz", 120, "serving", serving)
+        _start_stack(children, env, args, prefect_url)
         print(
             f"""
   Prefect UI   {prefect_url}          (deployments, runs, artifacts, automations)
@@ -124,23 +128,12 @@ Ctrl-C stops everything.""",
             flush=True,
         )
         while not stopping:
-            for name, process in children:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with code {process.returncode}; see {logs / name}.log")
+            children.check()
             time.sleep(0.5)
         return 0
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"aidetect up: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        print("aidetect up: stopping " + ", ".join(name for name, _ in reversed(children)), flush=True)
-        for _, process in reversed(children):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for _, process in reversed(children):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        print("aidetect up: stopping " + ", ".join(name for name, _ in reversed(children.started)), flush=True)
+        children.stop()
