@@ -25,6 +25,7 @@ on the host is not touched, and takes it down (volumes included) at the end:
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -32,7 +33,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bench._serving import export_model, free_port, percentile, test_image  # noqa: E402
 from deploy.rollout import ComposeRuntime, RolloutError, rollout  # noqa: E402
 from storage import configured_store  # noqa: E402
+from tests.load import ClientThreads  # noqa: E402
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -60,25 +61,13 @@ def env_file(path: Path) -> dict[str, str]:
     return env
 
 
-class Load:
+class Load(ClientThreads):
     """Clients predicting through the proxy; every answer timed and classified."""
 
     def __init__(self, url: str, clients: int, images: list[bytes]) -> None:
         self.url, self.images = url, images
         self.samples: list[tuple[float, str, float]] = []  # (when, outcome, seconds)
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        for thread in self.threads:
-            thread.join(60)
+        super().__init__(*(functools.partial(self._run, n) for n in range(clients)))
 
     def _run(self, n: int) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as client:
@@ -222,7 +211,7 @@ def main() -> None:
             time.sleep(args.settle)
             t5 = time.monotonic()
 
-        builds = Counter()
+        builds: Counter[str] = Counter()
         for _ in range(40):
             builds[httpx.get(f"{base}/healthz", timeout=5).json()["build"]] += 1
         out.update(

@@ -13,6 +13,7 @@ replicas one at a time while clients keep predicting and reporting through the p
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -48,6 +49,7 @@ from tests.deploy.test_services import (
     tail,
 )
 from tests.helpers import free_port, image_bytes
+from tests.load import ClientThreads
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -217,7 +219,7 @@ class Containers:
 # --- clients --------------------------------------------------------------------------------------
 
 
-class Load:
+class Load(ClientThreads):
     """Clients predicting (single images) and reporting (uploads) through the proxy, nonstop."""
 
     def __init__(self, base_url: str, images: list[bytes], clients: int = 3) -> None:
@@ -226,20 +228,7 @@ class Load:
         self.failures: list[str] = []
         self.feedback_ids: list[str] = []
         self.predictions = 0
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.threads = [threading.Thread(target=self._predict, args=(n,), daemon=True) for n in range(clients)]
-        self.threads.append(threading.Thread(target=self._report, daemon=True))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        for thread in self.threads:
-            thread.join(60)
+        super().__init__(*(functools.partial(self._predict, n) for n in range(clients)), self._report)
 
     def _record(self, kind: str, send: Any) -> httpx.Response | None:
         try:
