@@ -135,8 +135,13 @@ def _judge(sha: str, reports: list[FeedbackRecord], reviews: dict[str, Review], 
 
 def decide(records: list[FeedbackRecord], reviews: dict[str, Review], policy: Policy) -> dict[str, Decision]:
     """The status of every report (by id), with the reason."""
+    return decide_judged(judge_images(records, reviews, policy), reviews)
+
+
+def decide_judged(verdicts: dict[str, ImageVerdict], reviews: dict[str, Review]) -> dict[str, Decision]:
+    """``decide`` on images already judged (``judge_images``)."""
     decisions: dict[str, Decision] = {}
-    for verdict in judge_images(records, reviews, policy).values():
+    for verdict in verdicts.values():
         for record in verdict.records:
             review = reviews.get(record.id)
             if review is not None and review.decision == "reject":
@@ -165,10 +170,16 @@ def select_for_training(
     ``min_agreeing_clients`` of their claimants have credit left (each use spends one credit of
     each claimant). With ``misclassified_only``, images the model already got right are left out.
     """
+    return select_judged(judge_images(records, reviews, policy), policy, misclassified_only=misclassified_only)
+
+
+def select_judged(
+    verdicts: dict[str, ImageVerdict], policy: Policy, *, misclassified_only: bool = True
+) -> list[tuple[FeedbackRecord, str]]:
+    """``select_for_training`` on images already judged (``judge_images``)."""
     credit: dict[str, int] = defaultdict(lambda: policy.max_per_client)
     chosen: list[tuple[FeedbackRecord, str]] = []
-    verdicts = sorted(judge_images(records, reviews, policy).values(), key=lambda v: v.records[0].created_at)
-    for verdict in verdicts:
+    for verdict in sorted(verdicts.values(), key=lambda v: v.records[0].created_at):
         if verdict.status != "accepted" or verdict.label is None:
             continue
         representative = next(r for r in verdict.records if r.claimed_label == verdict.label)

@@ -1,35 +1,57 @@
-"""``gather-feedback``: accepted, misclassified feedback -> a new version of the feedback dataset."""
+"""``gather-feedback``: accepted, misclassified feedback -> a new version of the feedback dataset.
+
+The flow loads, asks ``feedback.plan.plan_next_version`` what the next version is, and
+writes it; what is believed and what enters is decided there and in ``feedback.policy``.
+"""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from aidetect.settings import PRODUCTION_ALIAS
-from feedback.policy import Policy, decide, select_for_training
+from aidetect.settings import get_settings
+from feedback.plan import FEEDBACK_DATASET, NextVersion, plan_next_version
+from feedback.policy import Review, configured_policy
 from feedback.records import FeedbackRecord
 from feedback.reviews import load_reviews
 from feedback.store import iter_feedback
-from flows.common import store_for
-from model.data import list_datasets, read_manifest, split_of, write_dataset_version
+from flows.common import io_task, store_for
+from flows.reports import feedback_report
+from model.data import list_datasets, read_manifest, write_dataset_version
 from model.registry import Registry
 
+READY_EVENT = "aidetect.feedback.ready"
 
-@task(retries=2, retry_delay_seconds=5)
+
+@io_task
 def load_feedback(store_url: str | None) -> list[FeedbackRecord]:
+    """Every feedback report in the store."""
     return list(iter_feedback(store_for(store_url)))
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@io_task
+def load_all_reviews(store_url: str | None) -> dict[str, Review]:
+    """The latest reviewer decision on each report."""
+    return load_reviews(store_for(store_url))
+
+
+@io_task
+def latest_version(store_url: str | None, dataset: str) -> str | None:
+    """The newest version of ``dataset``, if it has one."""
+    versions = list_datasets(store_for(store_url)).get(dataset, [])
+    return versions[-1] if versions else None
+
+
+@io_task
 def previous_rows(store_url: str | None, dataset: str, version: str) -> list[dict[str, Any]]:
+    """The manifest rows of ``dataset@version``."""
     return cast(list[dict[str, Any]], read_manifest(store_for(store_url), dataset, version).to_pylist())
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@io_task
 def trained_on(store_url: str | None, alias: str, dataset: str) -> set[str]:
     """The feedback images the live model was trained on (its ``dataset@version``'s train split)."""
     store = store_for(store_url)
@@ -37,7 +59,7 @@ def trained_on(store_url: str | None, alias: str, dataset: str) -> set[str]:
     record, _ = registry.alias(alias)
     if record is None:
         return set()
-    for ref in registry.metadata(record.version).get("datasets", []):
+    for ref in registry.metadata(record.version).datasets:
         name, _, version = ref.partition("@")
         if name == dataset and version:
             rows = read_manifest(store, name, version).to_pylist()
@@ -45,15 +67,28 @@ def trained_on(store_url: str | None, alias: str, dataset: str) -> set[str]:
     return set()
 
 
+@io_task
+def write_version(store_url: str | None, dataset: str, plan: NextVersion) -> str:
+    """Write the planned version of ``dataset``; returns its version id."""
+    return write_dataset_version(
+        store_for(store_url),
+        dataset,
+        plan.rows,
+        parents=plan.parents,
+        progress=get_run_logger().info,
+        extra=plan.version_info(),
+    )
+
+
 @flow(name="gather-feedback", log_prints=True)
 def gather_feedback(
-    dataset: str = "feedback",
+    dataset: str = FEEDBACK_DATASET,
     store_url: str | None = None,
-    min_agreeing_clients: int = 2,
-    max_per_client: int = 50,
+    min_agreeing_clients: int | None = None,
+    max_per_client: int | None = None,
     holdout_share: float = 0.2,
     retrain_after: int = 50,
-    alias: str = PRODUCTION_ALIAS,
+    alias: str | None = None,
     misclassified_only: bool = True,
 ) -> str | None:
     """Add the accepted, misclassified feedback images not taken yet to a new dataset version.
@@ -64,101 +99,72 @@ def gather_feedback(
 
     Accepted means a reviewer accepted the claim, or ``min_agreeing_clients`` independent
     clients made it and none contradicted it; each client contributes at most
-    ``max_per_client`` images (see ``feedback.policy``).
+    ``max_per_client`` images (see ``feedback.policy``; both default to the settings).
 
-    Incremental: the new version is the previous one (``parents``) plus what was accepted
-    since, minus claims a reviewer has since rejected; every image keeps the split it was
-    given when first taken. ``holdout_share`` of new images go to the ``test`` split: the
-    regression set, never trained on, on which the gate requires a challenger to beat the
-    champion. Idempotent: when nothing changed, no version is written and the latest is
-    returned. When ``retrain_after`` or more taken training images are not yet in the live
-    model's training data, emits ``aidetect.feedback.ready`` (``prefect.yaml`` starts
-    ``retrain`` on it), once per ``retrain_after`` such images.
+    Incremental (see ``feedback.plan``): ``holdout_share`` of new images go to the ``test``
+    split, the regression set on which the gate requires a challenger to beat the champion.
+    Idempotent: when nothing changed, no version is written and the latest is returned. When
+    ``retrain_after`` or more taken training images are not yet in the training data of the
+    model ``alias`` points at (default: the settings' ``model_alias``), emits
+    ``aidetect.feedback.ready`` (``prefect.yaml`` starts ``retrain`` on it), once per
+    ``retrain_after`` such images.
     """
-    if not 0 <= holdout_share < 0.9:
-        raise ValueError(f"holdout_share must be in [0, 0.9), got {holdout_share}")
     logger = get_run_logger()
-    store = store_for(store_url)
+    alias = alias or get_settings().model_alias
+    policy = configured_policy(min_agreeing_clients=min_agreeing_clients, max_per_client=max_per_client)
     records = load_feedback(store_url)
-    reviews = load_reviews(store)
-    policy = Policy(min_agreeing_clients=min_agreeing_clients, max_per_client=max_per_client)
-    selected = select_for_training(records, reviews, policy, misclassified_only=misclassified_only)
-    chosen = {record.image_sha256: (record, label) for record, label in selected}
+    reviews = load_all_reviews(store_url)
+    parent = latest_version(store_url, dataset)
+    plan = plan_next_version(
+        f"{dataset}@{parent}" if parent else None,
+        previous_rows(store_url, dataset, parent) if parent else [],
+        records,
+        reviews,
+        policy,
+        trained_on=trained_on(store_url, alias, dataset),
+        holdout_share=holdout_share,
+        retrain_after=retrain_after,
+        misclassified_only=misclassified_only,
+    )
     logger.info(
         "%d feedback records (%d reviewed), %d images accepted and misclassified",
         len(records),
         len(reviews),
-        len(chosen),
+        plan.accepted,
     )
-    versions = list_datasets(store).get(dataset, [])
-    parent = versions[-1] if versions else None
-    before = previous_rows(store_url, dataset, parent) if parent else []
-    kept = [r for r in before if r["sha256"] in chosen and chosen[r["sha256"]][1] == r["label"]]
-    withdrawn = len(before) - len(kept)
-    taken = {r["sha256"] for r in kept}
-    added = [
-        {
-            "sha256": sha,
-            "key": record.image_key,
-            "label": label,
-            "split": split_of(sha, val_share=0.1, test_share=holdout_share),
-            "source": f"feedback:{record.id}",
-            "generator": record.generator or "",
-        }
-        for sha, (record, label) in sorted(chosen.items())
-        if sha not in taken
-    ]
-    if not added and not withdrawn:
-        if parent:
-            logger.info("nothing new since %s@%s", dataset, parent)
-        else:
-            logger.info("no usable feedback yet")
+    if not isinstance(plan, NextVersion):
+        logger.info(plan.reason)
         return parent
-    rows = kept + added
-    by_id = {r.id: r for r in records}
-    wanted = {(sha, label) for sha, (_, label) in chosen.items()}
-    holdout = sum(r["split"] == "test" for r in rows)
-    version = write_dataset_version(
-        store,
-        dataset,
-        rows,
-        parents=[f"{dataset}@{parent}"] if parent else [],
-        progress=logger.info,
-        extra={
-            "added": len(added),
-            "withdrawn": withdrawn,
-            "regression_set": holdout,
-            # every report behind an accepted claim, so each reporter can see where theirs went
-            "feedback_ids": sorted(
-                i
-                for i, d in decide(records, reviews, policy).items()
-                if d.status == "accepted" and (by_id[i].image_sha256, by_id[i].claimed_label) in wanted
-            ),
-        },
-    )
-    known = trained_on(store_url, alias, dataset)
-    pending = sum(r["split"] == "train" and r["sha256"] not in known for r in rows)
-    ai = sum(r["label"] == "ai" for r in rows)
+    version = write_version(store_url, dataset, plan)
     create_markdown_artifact(
         key="gather-feedback",
-        markdown=(
-            f"# Feedback gathered\n\n`{dataset}@{version}` (parent `{parent or 'none'}`): {len(rows)} images "
-            f"({ai} ai, {len(rows) - ai} real) from {len(records)} reports.\n\n"
-            f"| | images |\n|---|---|\n| added | {len(added)} |\n| withdrawn (claim rejected since) | {withdrawn} |\n"
-            f"| regression set (held out, never trained on) | {holdout} |\n"
-            f"| training images the `{alias}` model has not seen | {pending} (retrain after {retrain_after}) |\n"
+        markdown=feedback_report(
+            f"{dataset}@{version}",
+            parent,
+            plan.rows,
+            reports=len(records),
+            added=len(plan.added),
+            withdrawn=plan.withdrawn,
+            regression_set=plan.regression_set,
+            alias=alias,
+            pending=plan.pending,
+            retrain_after=retrain_after,
         ),
         description="feedback dataset version",
     )
-    logger.info("wrote %s@%s: %d images, %d added, %d withdrawn", dataset, version, len(rows), len(added), withdrawn)
-    # Ask once per ``retrain_after`` new images (at 50, 100, ...), not on every version past the
-    # bar: a challenger the gate rejected must not be retried every hour for one more image.
-    added_train = sum(r["split"] == "train" and r["sha256"] not in known for r in added)
-    if retrain_after > 0 and pending // retrain_after > (pending - added_train) // retrain_after:
+    logger.info(
+        "wrote %s@%s: %d images, %d added, %d withdrawn",
+        dataset,
+        version,
+        len(plan.rows),
+        len(plan.added),
+        plan.withdrawn,
+    )
+    if plan.ask_for_retrain:
         emit_event(
-            event="aidetect.feedback.ready",
+            event=READY_EVENT,
             resource={"prefect.resource.id": f"aidetect.dataset.{dataset}", "aidetect.version": version},
-            payload={"version": version, "pending": pending, "retrain_after": retrain_after},
+            payload={"version": version, "pending": plan.pending, "retrain_after": retrain_after},
         )
-        logger.info("%d new training images: asked for a retrain (aidetect.feedback.ready)", pending)
+        logger.info("%d new training images: asked for a retrain (%s)", plan.pending, READY_EVENT)
     return version
