@@ -72,7 +72,7 @@ def build(work: Path, args: argparse.Namespace) -> None:
     log(f"v2 on {len(both)} images ({len(reported)} reported newgen)")
     v2 = train(config, both, val, settings, initial_model=v1, store=store, log=lambda _: None).model
     fp32 = optimize_onnx(export_onnx(v2, work / "raw.onnx", input_fit=config.input_fit), work / "model.onnx")
-    # Calibrated as flows.retrain does: images spread over the validation set's datasets. The
+    # Calibrated as flows.validate does: images spread over the validation set's datasets. The
     # flow's validation set holds the feedback's val share; here the reported images stand in.
     reported_x = np.stack([preprocess(newgen[i].data, config.image_size, config.input_fit) for i in reported])
     pool_x = np.concatenate([val.x, reported_x])

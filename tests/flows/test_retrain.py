@@ -51,7 +51,7 @@ def _registry_state(store: LocalStore) -> dict[str, Any]:
 def test_gate_rejects_a_label_flipped_challenger_and_a_crash_changes_nothing(
     tmp_path: Path, cifake_folder: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows.retrain
+    import flows.validate
     from flows.retrain import retrain
 
     store = LocalStore(tmp_path / "store")
@@ -87,7 +87,7 @@ def test_gate_rejects_a_label_flipped_challenger_and_a_crash_changes_nothing(
     def crash(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("simulated crash while evaluating")
 
-    monkeypatch.setattr(flows.retrain, "evaluate", crash)
+    monkeypatch.setattr(flows.validate, "evaluate", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         retrain(datasets=["cifake"], store_url=url, **EPOCHS)
     assert _registry_state(store) == before  # no version, no event, alias as it was, lease released
