@@ -80,7 +80,6 @@ def retrain_gate(seed: int, work: Path, cifake: Path, epochs: int) -> dict[str, 
 
 def loop(seed: int, work: Path, cifake: Path, newgen: Path, epochs: int) -> dict[str, Any]:
     from flows.retrain import retrain
-    from model.calibration import apply_temperature, verdict
     from model.data import import_dataset, split_of, write_dataset_version
     from model.inference import OnnxModel
     from model.preprocess import preprocess
@@ -104,15 +103,13 @@ def loop(seed: int, work: Path, cifake: Path, newgen: Path, epochs: int) -> dict
     registry = Registry(store)
     meta = registry.metadata(first["version"])
     model = OnnxModel(registry.download(first["version"], "model.onnx", work / "v1.onnx"))
-    band = (float(meta["uncertain_band"][0]), float(meta["uncertain_band"][1]))
     rows = []
     for label in ("ai", "real"):
         for path in sorted((newgen / label).iterdir()):
             data = path.read_bytes()
             raw = model.predict(preprocess(data, model.image_size, model.input_fit)[None])[0]
-            p_ai = float(apply_temperature(raw, meta["temperature"])[0])
             # served as wrong: the other label, or "uncertain" (the test reports both)
-            if verdict(p_ai, meta["threshold"], band) != label:
+            if meta.calibration(float(raw))[0] != label:
                 sha, key = put_image(store, data, path.suffix.lstrip(".").lower() or "png")
                 split = split_of(sha, val_share=0.1, test_share=0.0)
                 rows.append(

@@ -24,11 +24,12 @@ from prefect.artifacts import create_markdown_artifact
 from aidetect.settings import get_settings
 from feedback.plan import FEEDBACK_DATASET
 from flows.common import lease, load_data, resolve_datasets, store_for
-from flows.register import fetch_champion, model_files, model_metadata, promote, record_verdict, register
+from flows.register import fetch_champion, model_card, model_files, promote, record_verdict, register
 from flows.reports import retrain_report
-from flows.retrain_plan import Challenger, RetrainPlan, gate_config, train_settings
+from flows.retrain_plan import Challenger, Champion, RetrainPlan, gate_config, train_settings
 from flows.train import MIN_DATASET_SHARE, check_weights, fetch_trained, run_training
 from flows.validate import Validation, drift_reference, make_plots, validate_challenger
+from model.card import ModelCard
 from model.config import DEFAULT_ARCHITECTURE, ModelConfig
 from model.data import ImageSet
 from storage.layout import new_version_id
@@ -136,10 +137,11 @@ def _retrain(plan: RetrainPlan, run_id: str) -> dict[str, Any]:
     val_set = load_data(plan.store_url, refs, "val")
     validation = validate_challenger(plan, challenger, champion, val_set, run_dir / "challenger")
     files, plots = _package(plan, challenger, validation, val_set, run_dir)
-    metadata = model_metadata(plan, run_id, challenger, validation, champion, files)
-    version, promoted = _register_and_promote(plan, files, metadata, validation)
-    (run_dir / "summary.json").write_text(json.dumps({"version": version, **metadata}, indent=2, default=str))
-    champion_version = champion["version"] if champion else None
+    card = model_card(plan, run_id, challenger, validation, champion, files)
+    version, promoted = _register_and_promote(plan, files, card, validation)
+    summary = {**card.model_dump(mode="json"), "version": version}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    champion_version = champion.version if champion else None
     create_markdown_artifact(
         key="retrain",
         markdown=retrain_report(
@@ -164,17 +166,17 @@ def _retrain(plan: RetrainPlan, run_id: str) -> dict[str, Any]:
     }
 
 
-def _warm_start_version(plan: RetrainPlan, champion: dict[str, Any] | None, config: ModelConfig) -> str | None:
+def _warm_start_version(plan: RetrainPlan, champion: Champion | None, config: ModelConfig) -> str | None:
     """The champion's version when the challenger fine-tunes it: asked for, no ``weights``
     given, and the champion has the challenger's architecture."""
     if not plan.warm_start or plan.train_settings["weights"] is not None or not champion:
         return None
-    champion_config = champion["metadata"].get("config")  # an outside model (aidetect model register) has none
-    return champion["version"] if champion_config and ModelConfig.from_dict(champion_config) == config else None
+    champion_config = champion.card.config  # an outside model (aidetect model register) has none
+    return champion.version if champion_config and ModelConfig.from_dict(champion_config) == config else None
 
 
 def _train_challenger(
-    plan: RetrainPlan, run_id: str, refs: list[str], champion: dict[str, Any] | None, run_dir: Path
+    plan: RetrainPlan, run_id: str, refs: list[str], champion: Champion | None, run_dir: Path
 ) -> Challenger:
     """Train on ``refs`` (``train-model``, here or as a deployment) and fetch the result."""
     config = plan.model_config()
@@ -221,10 +223,10 @@ def _package(
 
 
 def _register_and_promote(
-    plan: RetrainPlan, files: dict[str, Path | bytes], metadata: dict[str, Any], validation: Validation
+    plan: RetrainPlan, files: dict[str, Path | bytes], card: ModelCard, validation: Validation
 ) -> tuple[str, bool]:
     """Register the version with its verdict, then move the alias if it is blessed and may be."""
-    version = register(plan.store_url, files, metadata)
+    version = register(plan.store_url, files, card)
     record_verdict(plan.store_url, version, validation.verdict)
     promoted = bool(validation.verdict.blessed and plan.auto_promote)
     if promoted:

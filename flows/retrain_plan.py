@@ -9,9 +9,11 @@ plan, never the flow's parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flows.train import TrainedModel
+from model.card import ModelCard
 from model.config import ModelConfig, get_config
 from model.gate import GateConfig
 
@@ -63,6 +65,15 @@ def train_settings(*, augment: bool | None, **given: Any) -> dict[str, Any]:
 def gate_config(gate: dict[str, float] | None, **thresholds: float | None) -> GateConfig:
     """``model.gate.GateConfig`` from ``thresholds`` that are not None, then ``gate`` (which wins)."""
     return GateConfig.from_dict({k: v for k, v in thresholds.items() if v is not None} | (gate or {}))
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The version the alias names when a retrain starts: its card and a local copy of its ONNX file."""
+
+    version: str
+    card: ModelCard
+    onnx: Path
 
 
 @dataclass(frozen=True)

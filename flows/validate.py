@@ -17,17 +17,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import load_data, resolve_datasets
-from flows.retrain_plan import Challenger, RetrainPlan
+from flows.retrain_plan import Challenger, Champion, RetrainPlan
 from flows.train import TrainedModel
 from model.calibration import Calibration, apply_temperature, fit_temperature, fit_uncertain_band
+from model.card import INT8_FILE, ONNX_FILE
 from model.data import ArrayData, ImageSet
 from model.evaluation import evaluate_model
 from model.gate import Verdict, judge
 from model.inference import OnnxModel, median_latency_ms
-from model.registry import ONNX_FILE
 from model.robustness import TIERS
-
-INT8_FILE = "model.int8.onnx"
 
 
 @dataclass
@@ -56,7 +54,7 @@ class Validation:
 
 
 def validate_challenger(
-    plan: RetrainPlan, challenger: Challenger, champion: dict[str, Any] | None, val_set: ImageSet, out_dir: Path
+    plan: RetrainPlan, challenger: Challenger, champion: Champion | None, val_set: ImageSet, out_dir: Path
 ) -> Validation:
     """Export and calibrate the challenger, measure it and the champion on the same test data, judge."""
     logger = get_run_logger()
@@ -76,13 +74,8 @@ def validate_challenger(
     latency_ms = measure_latency(exported.onnx, val_data)
     champion_metrics = champion_scores = None
     if champion:
-        champion_meta = champion["metadata"]
         champion_metrics, champion_scores = evaluate(
-            champion["onnx"],
-            frozen,
-            regression,
-            float(champion_meta.get("temperature", 1.0)),
-            champion_meta.get("train", {}).get("beta"),
+            champion.onnx, frozen, regression, champion.card.temperature, champion.card.beta
         )
     verdict = judge(metrics, champion_metrics, exported.parity, plan.gate, latency_ms=latency_ms)
     logger.info(

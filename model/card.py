@@ -98,7 +98,7 @@ class ModelCard(_Part):
 
     # how training went and how it was judged
     train: dict[str, Any] = Field(default_factory=dict)  # the training settings, beta, images, seconds
-    history: dict[str, list[float]] = Field(default_factory=dict)
+    history: list[dict[str, Any]] = Field(default_factory=list)  # one row an epoch
     best_epoch: int | None = None
     metrics: Metrics = Field(default_factory=Metrics)
     champion_metrics: dict[str, Any] | None = None

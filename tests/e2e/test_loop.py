@@ -73,12 +73,12 @@ def test_the_loop_end_to_end(
     assert first["promoted"], first["verdict"]
     v1 = first["version"]
     meta = Registry(store).metadata(v1)
-    assert meta["temperature"] > 0 and len(meta["uncertain_band"]) == 2
-    assert set(meta["metrics"]["test"]["robustness"]) == {"clean", "jpeg_q50_75", "half_size"}
-    assert 0.5 <= meta["metrics"]["test"]["roc_auc"] <= 1.0
+    assert meta.temperature > 0 and meta.uncertain_band is not None and meta.metrics.test is not None
+    assert set(meta.metrics.test["robustness"]) == {"clean", "jpeg_q50_75", "half_size"}
+    assert 0.5 <= meta.metrics.test["roc_auc"] <= 1.0
     for name in ("model.int8.onnx", "plots/roc.png", "plots/reliability.png", "plots/training_curves.png"):
         assert store.exists(f"models/{v1}/{name}"), name
-    assert meta["file_sizes"]["model.int8.onnx"] > 0
+    assert meta.file_sizes["model.int8.onnx"] > 0
 
     with serving_process(serving_env, tmp_path / "serving.log") as (server, base):
         maps = Path(f"/proc/{server.pid}/maps").read_text()
@@ -146,7 +146,7 @@ def test_the_loop_end_to_end(
                 assert second["promoted"], second["verdict"]
                 assert "regression set: 0 images" in second["verdict"]["notes"][0]
                 v2 = second["version"]
-                assert Registry(store).metadata(v2)["parent_version"] == v1
+                assert Registry(store).metadata(v2).parent_version == v1
                 deadline = time.monotonic() + 30
                 while client.get("/v1/model").json()["version"] != v2 and time.monotonic() < deadline:
                     time.sleep(0.2)

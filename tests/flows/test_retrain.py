@@ -63,11 +63,12 @@ def test_gate_rejects_a_label_flipped_challenger_and_a_crash_changes_nothing(
     assert first["promoted"], first["verdict"]
     champion = first["version"]
     meta = Registry(store).metadata(champion)
-    assert meta["gate"]["blessed"] and meta["test_datasets"][0].startswith("cifake@")
+    assert meta.blessed and meta.test_datasets[0].startswith("cifake@")
     # the reference features for monitor-drift travel with the model
     assert store.exists(f"models/{champion}/reference.parquet")
-    assert meta["metrics"]["latency_ms"] > 0
-    assert meta["int8"]["test_accuracy"] > 0 and meta["int8"]["regression_accuracy_change"] is None  # none held out
+    assert meta.metrics.latency_ms is not None and meta.metrics.latency_ms > 0
+    assert meta.int8 is not None and meta.int8.test_accuracy is not None and meta.int8.test_accuracy > 0
+    assert meta.int8.regression_accuracy_change is None  # none held out
 
     # trained on flipped labels, judged on the same frozen cifake test split as the champion
     flipped = retrain(datasets=["flipped"], test_datasets=["cifake"], warm_start=False, store_url=url, **EPOCHS)
@@ -77,8 +78,8 @@ def test_gate_rejects_a_label_flipped_challenger_and_a_crash_changes_nothing(
     assert flipped["metrics"]["accuracy"] < 0.5 < first["metrics"]["accuracy"]
     registry = Registry(store)
     assert registry.alias("production")[0].version == champion  # unchanged
-    rejected = registry.metadata(flipped["version"])["gate"]
-    assert not rejected["blessed"] and rejected["reasons"] == flipped["verdict"]["reasons"]
+    rejected = registry.metadata(flipped["version"]).gate
+    assert rejected is not None and not rejected.blessed and rejected.reasons == flipped["verdict"]["reasons"]
     assert ("rejected", flipped["version"]) in [(e["kind"], e.get("version")) for e in registry.events()]
 
     # a retrain that crashes half-way (after training, while evaluating) changes nothing
@@ -145,8 +146,8 @@ def test_weights_from_the_store_are_where_training_starts_and_bad_weights_are_re
     )
     registry = Registry(store)
     meta = registry.metadata(result["version"])
-    assert meta["initial_weights"] == "weights/start.weights.h5" and meta["warm_started_from"] is None
-    assert meta["train"]["weights"] == "weights/start.weights.h5"
+    assert meta.initial_weights == "weights/start.weights.h5" and meta.warm_started_from is None
+    assert meta.train["weights"] == "weights/start.weights.h5"
     trained = keras.saving.load_model(registry.download(result["version"], "model.keras", tmp_path / "m.keras"))
     assert len(trained.trainable_weights) == len(start.trainable_weights)
     for ours, theirs in zip(trained.trainable_weights, start.trainable_weights, strict=True):

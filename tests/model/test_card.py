@@ -23,7 +23,7 @@ OLD_METADATA = {
     "parent_version": None,
     "warm_started_from": None,
     "train": {"epochs": 2, "alpha": 0.1, "beta": 0.5, "images": 1200, "seconds": 31.5},
-    "history": {"loss": [0.7, 0.5], "val_loss": [0.69, 0.55]},
+    "history": [{"epoch": 1, "loss": 0.7, "val_loss": 0.69}, {"epoch": 2, "loss": 0.5, "val_loss": 0.55}],
     "best_epoch": 1,
     "metrics": {"val": {"accuracy": 0.8}, "test": {"accuracy": 0.79, "ece": 0.05}},
     "champion_metrics": None,
