@@ -17,7 +17,7 @@ from aidetect.settings import get_settings
 from model.data import ImageSet, list_datasets, load_images, resolve
 from storage import ObjectStore, configured_store
 from storage.base import NotFound, PreconditionFailed, StoreError
-from storage.layout import LOCKS
+from storage.layout import lock_key
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,7 +67,7 @@ def lease(store: ObjectStore, name: str, *, holder: str, ttl_seconds: float) -> 
     taken over with a put conditional on the stale copy's entity tag, so two runs that both
     find it stale cannot both win. Released on exit, also when the body raises.
     """
-    key = f"{LOCKS}{name}.json"
+    key = lock_key(name)
     now = time.time()
     body = json.dumps({"holder": holder, "taken_at": now, "expires_at": now + ttl_seconds}).encode()
     try:

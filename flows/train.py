@@ -22,7 +22,7 @@ from flows.common import io_task, load_data, store_for
 from model.config import DEFAULT_ARCHITECTURE, WEIGHT_SUFFIXES, ModelConfig, get_config
 from model.data import ArrayData, ImageSet, oversample_small_datasets
 from model.registry import KERAS_FILE, Registry
-from storage.layout import TRAINING
+from storage.layout import training_prefix
 
 RESULT_FILE = "result.json"  # written last: a training run's "done"
 BUILTIN_WEIGHTS = ("none", "imagenet", "default")
@@ -133,7 +133,7 @@ def fetch_keras(store_url: str | None, version: str, dest: Path) -> Path:
 def publish_trained(store_url: str | None, run_id: str, trained: TrainedModel) -> dict[str, Any]:
     """Upload the trained model and its record to ``training/<run_id>/`` for the retrain that waits."""
     store = store_for(store_url)
-    prefix = f"{TRAINING}{run_id}/"
+    prefix = training_prefix(run_id)
     store.upload(trained.keras_path, prefix + KERAS_FILE)
     record = trained.to_record()
     store.put(prefix + RESULT_FILE, json.dumps(record, indent=2).encode())
@@ -144,7 +144,7 @@ def publish_trained(store_url: str | None, run_id: str, trained: TrainedModel) -
 def fetch_trained(store_url: str | None, run_id: str, dest: Path) -> TrainedModel:
     """The model a ``train-model`` run published, downloaded to ``dest``."""
     store = store_for(store_url)
-    prefix = f"{TRAINING}{run_id}/"
+    prefix = training_prefix(run_id)
     record = json.loads(store.get(prefix + RESULT_FILE))
     path = dest / KERAS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

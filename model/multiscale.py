@@ -41,7 +41,7 @@ from model.loss import FairnessBCE
 from model.metrics import binary_metrics
 from model.preprocess import MOSAIC_GRID, decode_image, mosaic_tiles, repeated_tile, training_crops
 from storage import ObjectStore
-from storage.layout import FEATURES, new_version_id
+from storage.layout import features_prefix, new_version_id
 
 Log = Callable[[str], None]
 TRAIN_GRID = 3  # crops per side a large training image contributes
@@ -62,7 +62,7 @@ class FeatureCache:
 
     def __init__(self, store: ObjectStore | None, extractor: str):
         self.store = store
-        self.prefix = f"{FEATURES}{extractor}/"
+        self.prefix = features_prefix(extractor)
         self.rows: dict[tuple[str, int], np.ndarray] = {}
         if store is not None:
             for key in store.list(self.prefix):
