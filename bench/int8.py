@@ -42,9 +42,10 @@ def build(work: Path, args: argparse.Namespace) -> None:
     import hashlib
 
     from model.config import DEFAULT_ARCHITECTURE, get_config
-    from model.data import ImageSet, SourceImage, import_dataset, iter_source, load_images
     from model.export import calibration_sample, export_onnx, optimize_onnx, quantize_int8
+    from model.imagesets import ImageSet, load_images
     from model.preprocess import preprocess
+    from model.sources import SourceImage, import_dataset, iter_source
     from model.train import TrainConfig, train
     from storage import LocalStore
 

@@ -66,7 +66,7 @@ def run_fold(
 ) -> dict[str, Any]:
     from aidetect.settings import get_settings
     from flows.gather import gather_feedback
-    from model.data import load_images
+    from model.imagesets import load_images
     from model.registry import Registry
 
     home = work / f"fold{fold}"
@@ -155,7 +155,7 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from aidetect.settings import get_settings
-    from model.data import import_dataset
+    from model.sources import import_dataset
 
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="aidetect-loop-"))

@@ -44,7 +44,7 @@ def _scorer(model: Any, config: Any, store: Any, log: Any) -> Any:
     if config.head != "multiscale":
         return lambda x, keys: predict_scores(model, x)
     from model.architectures import HEAD
-    from model.data import ArrayData
+    from model.imagesets import ArrayData
     from model.multiscale import FeatureCache, extractor_id, image_scores, tile_features
 
     cache = FeatureCache(store, extractor_id(model, config))
@@ -58,8 +58,8 @@ def _scorer(model: Any, config: Any, store: Any, log: Any) -> Any:
 
 def run(config: Any, store: Any, args: argparse.Namespace) -> dict[str, Any]:
     from model.calibration import apply_temperature, fit_temperature
-    from model.data import load_images
     from model.evaluation import evaluate_scores
+    from model.imagesets import load_images
     from model.metrics import binary_metrics
     from model.robustness import TIERS, tier_pixels
     from model.train import TrainConfig, train
@@ -139,7 +139,7 @@ def main() -> None:
         raise SystemExit(f"no dataset at {args.data}: pass --data (a folder or .tar.gz laid out as ai/ and real/)")
 
     from model.config import get_config
-    from model.data import import_dataset
+    from model.sources import import_dataset
     from storage import LocalStore
 
     config = get_config(args.architecture, **({"image_size": args.image_size} if args.image_size else {}))

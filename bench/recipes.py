@@ -59,8 +59,8 @@ def residual(batch: np.ndarray) -> np.ndarray:
 
 
 def load_newgen(path: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    from model.data import SourceImage, iter_source
     from model.preprocess import decode_image
+    from model.sources import SourceImage, iter_source
 
     images, labels, generators = [], [], []
     for item in iter_source(path):
@@ -75,8 +75,9 @@ def load_cifake(path: Path, per_class: int) -> dict[str, tuple[np.ndarray, np.nd
     """``per_class`` images of each label from the frozen train split and as many from test."""
     import hashlib
 
-    from model.data import SourceImage, iter_source, split_of
+    from model.datasets import split_of
     from model.preprocess import decode_image
+    from model.sources import SourceImage, iter_source
 
     want = {(s, c): per_class for s in ("train", "test") for c in (0, 1)}
     taken: dict[str, tuple[list[np.ndarray], list[int]]] = {"train": ([], []), "test": ([], [])}

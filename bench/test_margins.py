@@ -57,7 +57,7 @@ def _flipped(folder: Path, dest: Path) -> Path:
 
 def retrain_gate(seed: int, work: Path, cifake: Path, epochs: int) -> dict[str, Any]:
     from flows.retrain import retrain
-    from model.data import import_dataset
+    from model.sources import import_dataset
     from storage import LocalStore
 
     store = LocalStore(work / "store")
@@ -80,10 +80,11 @@ def retrain_gate(seed: int, work: Path, cifake: Path, epochs: int) -> dict[str, 
 
 def loop(seed: int, work: Path, cifake: Path, newgen: Path, epochs: int) -> dict[str, Any]:
     from flows.retrain import retrain
-    from model.data import import_dataset, split_of, write_dataset_version
+    from model.datasets import split_of, write_dataset_version
     from model.inference import OnnxModel
     from model.preprocess import preprocess
     from model.registry import Registry
+    from model.sources import import_dataset
     from storage import LocalStore
     from storage.layout import put_image
 

@@ -100,7 +100,7 @@ def _jpegs(n: int) -> list[bytes]:
 
 def pipeline_throughput(size: int, batch_size: int, workers: int, images: list[bytes]) -> dict[str, Any]:
     from model.augment import AugmentConfig
-    from model.data import ImageSet
+    from model.imagesets import ImageSet
     from model.train import ImageBatches
 
     n = len(images)

@@ -120,7 +120,7 @@ def _start_prefect(home: Path, port: int) -> tuple[str, dict[str, str]]:
 
 
 def _import_base(settings: Settings, data: Path, limit_per_class: int) -> None:
-    from model.data import import_dataset
+    from model.sources import import_dataset
 
     say(f"importing {data}")
     store = configured_store(settings)

@@ -19,7 +19,7 @@ LabelledImage = tuple[str, str, bytes]  # (file name, "ai" or "real", the encode
 
 def labelled_images(source: Path) -> list[LabelledImage]:
     """(name, label, bytes) for every image under ai/ or real/ of an archive or folder."""
-    from model.data import SourceImage, iter_source
+    from model.sources import SourceImage, iter_source
 
     return [(Path(i.path).name, i.label, i.data) for i in iter_source(source) if isinstance(i, SourceImage)]
 

@@ -14,13 +14,13 @@ from model.config import DEFAULT_ARCHITECTURE
 from storage import configured_store
 
 if TYPE_CHECKING:
-    from model.data import ImageSet
+    from model.imagesets import ImageSet
 
     Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]  # what add_subparsers returns
 
 
 def _cmd_data_import(args: argparse.Namespace) -> int:
-    from model.data import import_dataset
+    from model.sources import import_dataset
 
     path = Path(args.path)
     if not path.exists():
@@ -37,7 +37,7 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
-    from model.data import list_datasets, read_version_info
+    from model.datasets import list_datasets, read_version_info
 
     store = configured_store(get_settings())
     for name, versions in list_datasets(store).items():
@@ -209,8 +209,9 @@ def _labelled_images(path: Path) -> tuple[ImageSet, list[tuple[str, str]]]:
 
     import numpy as np
 
-    from model.data import ImageSet, SourceImage, iter_source
+    from model.imagesets import ImageSet
     from model.preprocess import InvalidImage, decode_image
+    from model.sources import SourceImage, iter_source
 
     if not path.exists():
         raise UsageError(f"{path}: no such file or folder")

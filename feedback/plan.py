@@ -16,7 +16,7 @@ from typing import Any
 
 from feedback.policy import Policy, Review, decide_judged, judge_images, select_judged
 from feedback.records import FeedbackRecord
-from model.data import split_of
+from model.datasets import split_of
 
 FEEDBACK_DATASET = "feedback"  # the dataset gather-feedback writes; its test split is the regression set
 

@@ -25,7 +25,7 @@ def report_status(
     """The policy's decision on ``record`` (over the reports of its image), and where it was used."""
     from pydantic import ValidationError
 
-    from model.data import list_datasets, read_version_info
+    from model.datasets import list_datasets, read_version_info
     from model.registry import Registry
 
     reports = {r.id: r for r in reports_of_image(store, record.image_sha256)}

@@ -14,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import Task
 
 from aidetect.settings import get_settings
-from model.data import ImageSet, list_datasets, load_images, resolve
+from model.datasets import list_datasets, resolve
+from model.imagesets import ImageSet, load_images
 from storage import ObjectStore, configured_store
 from storage.base import NotFound, PreconditionFailed, StoreError
 from storage.layout import lock_key

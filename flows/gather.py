@@ -20,7 +20,7 @@ from feedback.reviews import load_reviews
 from feedback.store import iter_feedback
 from flows.common import io_task, store_for
 from flows.reports import feedback_report
-from model.data import list_datasets, read_manifest, write_dataset_version
+from model.datasets import list_datasets, read_manifest, write_dataset_version
 from model.registry import Registry
 
 READY_EVENT = "aidetect.feedback.ready"

@@ -31,7 +31,7 @@ from flows.train import MIN_DATASET_SHARE, check_weights, fetch_trained, run_tra
 from flows.validate import Validation, drift_reference, make_plots, validate_challenger
 from model.card import ModelCard
 from model.config import DEFAULT_ARCHITECTURE, ModelConfig
-from model.data import ImageSet
+from model.imagesets import ImageSet
 from storage.layout import new_version_id
 
 

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from aidetect.settings import get_settings
 from flows.common import io_task, load_data, store_for
 from model.config import DEFAULT_ARCHITECTURE, WEIGHT_SUFFIXES, ModelConfig, get_config
-from model.data import ArrayData, ImageSet, oversample_small_datasets
+from model.imagesets import ArrayData, ImageSet, oversample_small_datasets
 from model.registry import KERAS_FILE, Registry
 from storage.layout import training_prefix
 

@@ -21,9 +21,9 @@ from flows.retrain_plan import Challenger, Champion, RetrainPlan
 from flows.train import TrainedModel
 from model.calibration import Calibration, apply_temperature, fit_temperature, fit_uncertain_band
 from model.card import INT8_FILE, ONNX_FILE
-from model.data import ArrayData, ImageSet
 from model.evaluation import evaluate_model
 from model.gate import Verdict, judge
+from model.imagesets import ArrayData, ImageSet
 from model.inference import OnnxModel, median_latency_ms
 from model.robustness import TIERS
 

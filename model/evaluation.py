@@ -13,7 +13,7 @@ import numpy as np
 from model.metrics import binary_metrics
 
 if TYPE_CHECKING:
-    from model.data import ImageSet
+    from model.imagesets import ImageSet
     from model.inference import OnnxModel
 
 

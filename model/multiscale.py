@@ -36,7 +36,7 @@ import numpy as np
 
 from model.architectures import EXTRACTOR, HEAD, build_model, resolve_weights, tile_size
 from model.config import ModelConfig
-from model.data import ArrayData, ImageSet
+from model.imagesets import ArrayData, ImageSet
 from model.loss import FairnessBCE
 from model.metrics import binary_metrics
 from model.preprocess import MOSAIC_GRID, decode_image, mosaic_tiles, repeated_tile, training_crops

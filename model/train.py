@@ -20,7 +20,7 @@ import numpy as np
 from model.architectures import build_model, resolve_weights
 from model.augment import AugmentConfig, augment
 from model.config import ModelConfig
-from model.data import ArrayData, ImageSet
+from model.imagesets import ArrayData, ImageSet
 from model.loss import FairnessBCE
 from model.metrics import binary_metrics
 from model.preprocess import decode_image, to_model_input

@@ -85,8 +85,9 @@ class Trained:
 def trained_tiny(tmp_path_factory: pytest.TempPathFactory, cifake_folder: Path) -> Trained:
     """The tiny architecture trained three short epochs on the CIFAKE subset, exported to ONNX."""
     from model.config import get_config
-    from model.data import import_dataset, load_images, load_split
     from model.export import export_onnx, make_canaries
+    from model.imagesets import load_images
+    from model.sources import import_dataset
     from model.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("trained")
@@ -94,7 +95,7 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory, cifake_folder: Path) 
     import_dataset(store, cifake_folder, "cifake")
     config = get_config("tiny")
     train_data = load_images(store, ["cifake"], "train")
-    val_data = load_split(store, ["cifake"], "val", config.image_size)
+    val_data = load_images(store, ["cifake"], "val").decode(config.image_size)
     result = train(config, train_data, val_data, TrainConfig(epochs=3, batch_size=32, augment=None), log=lambda _: None)
     keras_path = folder / "model.keras"
     result.model.save(keras_path)

@@ -296,7 +296,7 @@ def test_the_compose_services_work_together_from_the_compose_environment(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from aidetect.settings import Settings
-    from model.data import list_datasets
+    from model.datasets import list_datasets
     from model.registry import Registry
     from tests.serving.onnx_models import mean_brightness_model
     from tests.serving.test_hardening import register_onnx

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from aidetect.settings import get_settings
-from model.data import import_dataset
 from model.registry import Registry
+from model.sources import import_dataset
 from storage import configured_store
 from tests.conftest import make_s3_store
 from tests.helpers import LOOSE_ECE, serving_process

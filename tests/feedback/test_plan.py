@@ -12,7 +12,7 @@ import feedback.plan
 from feedback.plan import NextVersion, NothingNew, plan_next_version
 from feedback.policy import Policy, Review
 from feedback.records import FeedbackRecord
-from model.data import split_of
+from model.datasets import split_of
 from storage.layout import utcnow
 
 POLICY = Policy(min_agreeing_clients=2, max_per_client=50)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from model.data import list_datasets
+from model.datasets import list_datasets
 from storage import LocalStore
 from tests.helpers import agreed_report
 

@@ -11,7 +11,7 @@ import pytest
 from feedback.records import FeedbackRecord
 from feedback.reviews import save_review
 from feedback.store import iter_feedback, save_feedback
-from model.data import list_datasets, read_manifest, read_version_info
+from model.datasets import list_datasets, read_manifest, read_version_info
 from storage import LocalStore
 from storage.layout import put_image, utcnow
 from tests.helpers import image_bytes

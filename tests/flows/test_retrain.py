@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from model.data import import_dataset
 from model.registry import Registry
+from model.sources import import_dataset
 from storage import LocalStore
 from tests.helpers import LOOSE_ECE
 

@@ -15,7 +15,7 @@ import pytest
 
 from model.architectures import build_model
 from model.config import PRESETS, get_config
-from model.data import ArrayData, ImageSet
+from model.imagesets import ArrayData, ImageSet
 from model.layers import PatchMerging
 from model.loss import FairnessBCE
 from tests.helpers import image_bytes
@@ -132,7 +132,7 @@ sys.modules["tensorflow"] = None  # any import of TensorFlow now fails
 import keras, numpy as np
 assert keras.backend.backend() == "jax"
 from model.config import get_config
-from model.data import ImageSet
+from model.imagesets import ImageSet
 from model.train import TrainConfig, train
 from tests.helpers import image_bytes
 n = 32

@@ -9,15 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data import (
-    import_dataset,
-    list_datasets,
-    load_split,
-    oversample_small_datasets,
-    read_manifest,
-    resolve,
-    split_of,
-)
+from model.datasets import list_datasets, read_manifest, resolve, split_of
+from model.imagesets import load_images, oversample_small_datasets
+from model.sources import import_dataset
 from storage import LocalStore, NotFound, ObjectStore
 from tests.helpers import image_bytes
 
@@ -109,17 +103,17 @@ def test_versions_resolve_and_load(tmp_path: Path) -> None:
         resolve(store, "toy@nope")
     with pytest.raises(NotFound):
         resolve(store, "other")
-    data = load_split(store, ["toy", f"toy@{first}"], "train", 16)  # same images: de-duplicated
+    data = load_images(store, ["toy", f"toy@{first}"], "train").decode(16)  # same images: de-duplicated
     counts = import_dataset(store, root, "toy").counts["train"]
     assert len(data) == counts["ai"] + counts["real"]
     assert data.x.shape[1:] == (16, 16, 3) and data.x.dtype == np.uint8
     assert set(np.unique(data.y)) <= {0.0, 1.0}
-    limited = load_split(store, ["toy"], "train", 16, limit=10)
+    limited = load_images(store, ["toy"], "train", limit=10).decode(16)
     assert len(limited) == 10 and limited.y.sum() == 5
 
 
 def test_oversampling_lifts_a_small_dataset_to_its_share() -> None:
-    from model.data import ImageSet
+    from model.imagesets import ImageSet
 
     n_big, n_small = 900, 10
     n = n_big + n_small

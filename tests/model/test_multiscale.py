@@ -13,10 +13,11 @@ from PIL import Image
 
 from model.architectures import EXTRACTOR, build_model
 from model.config import get_config
-from model.data import ImageSet, SourceImage, iter_source
+from model.imagesets import ImageSet
 from model.layers import MosaicTiles, NoiseResidual
 from model.multiscale import FeatureCache, extractor_id, tile_features
 from model.preprocess import mosaic_tiles, native_crops, preprocess, to_model_input, training_crops
+from model.sources import SourceImage, iter_source
 from model.train import TrainConfig, train
 from storage import LocalStore
 from tests.helpers import shared_data
@@ -164,7 +165,8 @@ def newgen() -> list[SourceImage]:
 
 @pytest.fixture(scope="module")
 def cifake(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ImageSet]:
-    from model.data import import_dataset, load_images
+    from model.imagesets import load_images
+    from model.sources import import_dataset
 
     store = LocalStore(tmp_path_factory.mktemp("cifake") / "store")
     import_dataset(store, shared_data("cifake-dev.tar.gz"), "cifake", limit_per_class=200)
