@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aidetect.settings import PRODUCTION_ALIAS, get_settings
-from model.config import DEFAULT_ARCHITECTURE
+from model.config import DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS
 from storage import configured_store
 
 if TYPE_CHECKING:
@@ -488,7 +488,7 @@ def _add_flow_retrain(flw: Commands) -> None:
         help="a preset: effnet-lite0-multiscale (default), tiny, effnet-lite0-swin, effnet-b5-swin, ...",
     )
     ret.add_argument("--image-size", type=_positive_int, default=None, help="a multiple of 32 (default: the preset's)")
-    ret.add_argument("--epochs", type=_positive_int, default=10)
+    ret.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
     ret.add_argument("--max-train-images", type=_positive_int, default=None)
     ret.add_argument("--no-warm-start", action="store_true", help="train from scratch, not from the champion")
     ret.add_argument("--no-augment", action="store_true", help="train without augmentation")
@@ -555,7 +555,7 @@ def _add_local_commands(commands: Commands) -> None:
     demo.add_argument("--data", default="../shared/data/cifake-dev.tar.gz", help="base dataset (.tar.gz or folder)")
     demo.add_argument("--newgen", default="../shared/data/newgen-dev.tar.gz", help="images from a new generator")
     demo.add_argument("--architecture", default=DEFAULT_ARCHITECTURE, help="a preset (model/config.py)")
-    demo.add_argument("--epochs", type=_positive_int, default=10)
+    demo.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
     demo.add_argument("--limit-per-class", type=_positive_int, default=4000, help="base images imported per class")
     demo.add_argument("--max-train-images", type=_positive_int, default=20000)
     demo.add_argument("--report-share", type=float, default=0.8, help="share of the new-generator images reported")

@@ -176,6 +176,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 # What the demo, the CLI, prefect.yaml and the loop benchmark train (bench/recipes.py, bench/loop.py)
 DEFAULT_ARCHITECTURE = "effnet-lite0-multiscale"
+DEFAULT_EPOCHS = 10  # what the default detector is trained for (model.train.TrainConfig.epochs)
 
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:

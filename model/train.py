@@ -19,7 +19,7 @@ import numpy as np
 
 from model.architectures import build_model, resolve_weights
 from model.augment import AugmentConfig, augment
-from model.config import ModelConfig
+from model.config import DEFAULT_EPOCHS, ModelConfig
 from model.imagesets import ArrayData, ImageSet
 from model.loss import FairnessBCE
 from model.metrics import binary_metrics
@@ -33,7 +33,7 @@ CHECKPOINT_STATE = "checkpoint.json"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 3
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 64
     learning_rate: float = 2e-3
     weight_decay: float = 0.05
