@@ -10,13 +10,15 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from model.calibration import Label
+
 COOKIE = "aidetect_browser"
 
 
 @dataclass
 class HistoryItem:
     prediction_id: str
-    label: str
+    label: Label
     probability: float
     model_version: str
     filename: str | None

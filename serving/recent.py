@@ -6,13 +6,15 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from model.calibration import Label
+
 
 @dataclass(frozen=True)
 class RecentPrediction:
     id: str
     image: bytes
     image_ext: str
-    label: str
+    label: Label
     probability: float
     model_version: str
 

@@ -7,10 +7,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from model.calibration import Label
+from model.card import Variant
+
 
 class PredictionOut(BaseModel):
     id: str
-    label: Literal["ai", "real", "uncertain"]
+    label: Label
     probability: float = Field(description="P(image is AI-generated)")
     model_version: str
     latency_ms: float
@@ -37,7 +40,7 @@ class FeedbackStatusOut(BaseModel):
 
 class HistoryItemOut(BaseModel):
     id: str
-    label: Literal["ai", "real", "uncertain"]
+    label: Label
     probability: float
     model_version: str
     filename: str | None
@@ -73,7 +76,7 @@ class AdminOut(BaseModel):
 
 class ModelOut(BaseModel):
     version: str
-    variant: Literal["fp32", "int8"]
+    variant: Variant
     alias: str
     loaded_at: float
     swaps: int

@@ -17,7 +17,7 @@ async def history(request: Request, response: Response, state: StateDep) -> list
     return [
         HistoryItemOut(
             id=i.prediction_id,
-            label=i.label,  # type: ignore[arg-type]
+            label=i.label,
             probability=i.probability,
             model_version=i.model_version,
             filename=i.filename,

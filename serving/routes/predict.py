@@ -52,7 +52,7 @@ async def _predict_one(state: ServingState, live: LiveModel, file: UploadFile) -
     state.log_prediction(record, image, data, pixels)
     return PredictionOut(
         id=prediction_id,
-        label=label,  # type: ignore[arg-type]
+        label=label,
         probability=probability,
         model_version=live.version,
         latency_ms=latency_ms,
