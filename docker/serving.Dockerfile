@@ -17,6 +17,7 @@ WORKDIR /app
 # Dependencies first (cached while only code changes), every version from the lock.
 COPY pyproject.toml requirements.lock README.md ./
 COPY aidetect ./aidetect
+COPY cli ./cli
 COPY storage ./storage
 COPY model ./model
 COPY serving ./serving

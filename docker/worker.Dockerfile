@@ -28,6 +28,7 @@ RUN groupadd --system --gid 10001 aidetect \
 WORKDIR /app
 COPY pyproject.toml requirements.lock README.md prefect.yaml ./
 COPY aidetect ./aidetect
+COPY cli ./cli
 COPY storage ./storage
 COPY model ./model
 COPY serving ./serving

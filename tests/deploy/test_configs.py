@@ -256,6 +256,21 @@ def test_dockerfiles_exist() -> None:
     assert (ROOT / ".dockerignore").exists()
 
 
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_every_package_goes_into_the_images(path: Path) -> None:
+    """The packages pyproject installs are copied into each image and let through .dockerignore
+    (an image without ``cli/`` has no ``aidetect`` command)."""
+    import tomllib
+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {name.rstrip("*") for name in found}
+    copied = {rest.split()[0].rstrip("/") for word, rest in _instructions(path) if word == "COPY"}
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    allowed = {line[1:].strip("/") for line in ignore if line.startswith("!")}
+    assert packages <= copied, sorted(packages - copied)
+    assert packages <= allowed, sorted(packages - allowed)
+
+
 def test_hadolint() -> None:
     hadolint = _tool("hadolint")
     if hadolint is None:
