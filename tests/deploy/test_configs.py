@@ -489,14 +489,28 @@ def test_workflow_schema_and_jobs() -> None:
     assert "pytest" in " ".join(step.get("run", "") for step in jobs["test"]["steps"])
     for job in ("images", "deploy"):
         assert "refs/heads/main" in jobs[job]["if"], f"{job} must run on main only"
-    assert jobs["images"]["needs"] == ["lint", "test"]
+    assert jobs["images"]["needs"] == ["lint", "test", "audit"]
+    for job in ("lint", "test"):  # the daily run is the audit alone
+        assert jobs[job]["if"] == "github.event_name != 'schedule'"
+    assert "schedule" in on and "make audit" in " ".join(s.get("run", "") for s in jobs["audit"]["steps"])
     deploy = jobs["deploy"]
     assert deploy["needs"] == ["images"] and deploy["environment"] == "production"
     assert deploy["concurrency"]["cancel-in-progress"] is False  # never cut a rollout in half
     script = " ".join(step.get("run", "") for step in deploy["steps"])
     assert "ssh " in script and "deploy/deploy.sh" in script and "$SHA" in script
-    build = next(s for s in jobs["images"]["steps"] if "docker/build-push-action" in s.get("uses", ""))
-    assert "AIDETECT_BUILD=${{ github.sha }}" in build["with"]["build-args"]  # what /healthz reports
+    steps = jobs["images"]["steps"]
+    builds = [i for i, s in enumerate(steps) if "docker/build-push-action" in s.get("uses", "")]
+    scan = next(i for i, s in enumerate(steps) if "aquasecurity/trivy-action" in s.get("uses", ""))
+    for i in builds:
+        assert "AIDETECT_BUILD=${{ github.sha }}" in steps[i]["with"]["build-args"]  # what /healthz reports
+    # built, scanned, and pushed only after the scan passed
+    assert len(builds) == 2 and builds[0] < scan < builds[1]
+    assert steps[builds[0]]["with"].get("push") is not True and steps[builds[1]]["with"]["push"] is True
+    trivy = steps[scan]["with"]
+    assert trivy["exit-code"] == "1" and trivy["severity"] == "HIGH,CRITICAL"
+    assert trivy["image-ref"] == steps[builds[0]]["with"]["tags"]
+    ignore = next(s["run"] for s in steps[builds[0] : scan] if "run" in s)
+    assert "deploy/audit.py trivyignore" in ignore and trivy["trivyignores"] in ignore
 
 
 # --- deploy/*.sh ----------------------------------------------------------------------------
