@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     feedback_max_per_client: int = Field(50, ge=1, description="most images one client brings into a dataset version")
     outbox_flush_seconds: float = Field(5.0, gt=0, description="how often queued feedback is retried")
 
+    # flows
+    lease_ttl_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="a flow's lease in the store (locks/<name>.json, one retrain at a time) expires this long "
+        "after its last renewal; the holder renews it every quarter of this, so a crashed run frees the flow "
+        "within this time, and a holder cut off from the store this long stops before registering or promoting",
+    )
+
     # process
     build: str = Field("dev", description="the code this process runs (the image's git sha); in /healthz")
     drain_seconds: float = Field(

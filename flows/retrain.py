@@ -3,8 +3,9 @@
 The order keeps the registry consistent whatever fails: nothing is written until the
 challenger is trained, exported, parity-checked, calibrated and judged; the version is
 registered (with its verdict) before the alias moves; the alias moves by conditional put.
-Only one retrain runs at a time (a lease in the store, and the deployment's concurrency
-limit in ``prefect.yaml``).
+Only one retrain runs at a time (a lease in the store, renewed from a heartbeat: see
+``flows.lease``; and the deployment's concurrency limit in ``prefect.yaml``). A run that has
+lost its lease stops before it registers or promotes.
 
 The flow builds a ``RetrainPlan`` from its parameters once, then runs the steps: training
 (``flows.train``, possibly as the ``train-model`` deployment on another machine),
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from aidetect.settings import get_settings
 from feedback.plan import FEEDBACK_DATASET
-from flows.common import lease, load_data, resolve_datasets, store_for
+from flows.common import load_data, resolve_datasets, store_for
+from flows.lease import Lease, lease
 from flows.register import fetch_champion, model_card, model_files, promote, record_verdict, register
 from flows.reports import retrain_report
 from flows.retrain_plan import Challenger, Champion, RetrainPlan, gate_config, train_settings
@@ -124,21 +127,27 @@ def retrain(
         store_url=store_url,
     )
     run_id = new_version_id()
-    ttl_seconds = plan.train_timeout_hours * 3600 + 3600
-    with lease(store_for(plan.store_url), "retrain", holder=f"retrain {run_id}", ttl_seconds=ttl_seconds):
-        return _retrain(plan, run_id)
+    with lease(
+        store_for(plan.store_url),
+        "retrain",
+        holder=f"retrain {run_id}",
+        ttl_seconds=get_settings().lease_ttl_seconds,
+        flow_run_id=flow_run.get_id(),
+    ) as held:
+        return _retrain(plan, run_id, held)
 
 
-def _retrain(plan: RetrainPlan, run_id: str) -> dict[str, Any]:
+def _retrain(plan: RetrainPlan, run_id: str, held: Lease) -> dict[str, Any]:
     run_dir = get_settings().runs_dir / run_id
     refs = resolve_datasets(plan.store_url, plan.datasets)
     champion = fetch_champion(plan.store_url, plan.alias, run_dir)
     challenger = _train_challenger(plan, run_id, refs, champion, run_dir)
+    held.check()  # training takes hours: a run that lost its lease meanwhile stops here
     val_set = load_data(plan.store_url, refs, "val")
     validation = validate_challenger(plan, challenger, champion, val_set, run_dir / "challenger")
     files, plots = _package(plan, challenger, validation, val_set, run_dir)
     card = model_card(plan, run_id, challenger, validation, champion, files)
-    version, promoted = _register_and_promote(plan, files, card, validation)
+    version, promoted = _register_and_promote(plan, files, card, validation, held)
     summary = {**card.model_dump(mode="json"), "version": version}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     champion_version = champion.version if champion else None
@@ -223,13 +232,16 @@ def _package(
 
 
 def _register_and_promote(
-    plan: RetrainPlan, files: dict[str, Path | bytes], card: ModelCard, validation: Validation
+    plan: RetrainPlan, files: dict[str, Path | bytes], card: ModelCard, validation: Validation, held: Lease
 ) -> tuple[str, bool]:
-    """Register the version with its verdict, then move the alias if it is blessed and may be."""
+    """Register the version with its verdict, then move the alias if it is blessed and may be;
+    each step only while this run still holds the lease (else LeaseLost)."""
+    held.check()
     version = register(plan.store_url, files, card)
     record_verdict(plan.store_url, version, validation.verdict)
     promoted = bool(validation.verdict.blessed and plan.auto_promote)
     if promoted:
+        held.check()
         promote(plan.store_url, version, plan.alias, f"retrain: accuracy {validation.metrics['accuracy']:.4f}")
         get_run_logger().info("promoted %s to %s", version, plan.alias)
     return version, promoted

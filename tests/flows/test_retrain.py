@@ -95,7 +95,7 @@ def test_gate_rejects_a_label_flipped_challenger_and_a_crash_changes_nothing(
 
 
 def test_one_retrain_at_a_time(tmp_path: Path, prefect_api: None) -> None:
-    from flows.common import Busy, lease
+    from flows.lease import Busy, lease
     from flows.retrain import retrain
 
     store = LocalStore(tmp_path / "store")
