@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -392,6 +393,46 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lock_show(args: argparse.Namespace) -> int:
+    from flows.lease import describe, list_leases, read_lease
+
+    store = configured_store(get_settings())
+    if args.name is None:
+        records = list_leases(store)
+        if not records:
+            print("no locks: every flow is free", file=sys.stderr)
+    else:
+        record = read_lease(store, args.name)
+        if record is None:
+            print(f"{args.name}\tfree")
+        records = [record] if record else []
+    now = time.time()
+    for record in records:
+        print(f"{record.name}\t{'stale' if record.stale(now) else 'live'}\t{describe(record, now)}")
+    return 0
+
+
+def _cmd_lock_clear(args: argparse.Namespace) -> int:
+    from flows.lease import LeaseLive, clear_lease, describe
+
+    store = configured_store(get_settings())
+    try:
+        record = clear_lease(store, args.name, force=args.force)
+    except LeaseLive as exc:
+        raise UsageError(f"{exc}: its holder is renewing it; pass --force only if that run is gone") from None
+    now = time.time()
+    if record.stale(now):
+        print(f"cleared {args.name} (stale: {describe(record, now)})")
+    else:
+        print(
+            f"warning: {args.name} was live ({describe(record, now)}). That run stops at its next renewal, "
+            "before it registers or promotes, but until then a new run may work alongside it",
+            file=sys.stderr,
+        )
+        print(f"cleared {args.name} (forced)")
+    return 0
+
+
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -410,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_command(commands)
     _add_serve_command(commands)
     _add_local_commands(commands)
+    _add_lock_commands(commands)
     return parser
 
 
@@ -574,6 +616,21 @@ def _add_local_commands(commands: Commands) -> None:
     stop = commands.add_parser("stop", help="stop the services a demo left running")
     stop.add_argument("--home", default=".aidetect/demo")
     stop.set_defaults(func=_cmd_stop)
+
+
+def _add_lock_commands(commands: Commands) -> None:
+    lck = commands.add_parser("lock", help="the flows' leases in the store (locks/)").add_subparsers(
+        dest="lock_command", required=True
+    )
+    show = lck.add_parser("show", help="each lock: holder, age, expiry, live or stale")
+    show.add_argument("name", nargs="?", help="one lock (e.g. retrain); default: all")
+    show.set_defaults(func=_cmd_lock_show)
+    clr = lck.add_parser("clear", help="remove a stale lock (its holder stopped renewing it)")
+    clr.add_argument("name", help="the lock, e.g. retrain")
+    clr.add_argument(
+        "--force", action="store_true", help="also a live one (its run then stops before it registers or promotes)"
+    )
+    clr.set_defaults(func=_cmd_lock_clear)
 
 
 def _positive_int(text: str) -> int:

@@ -185,3 +185,52 @@ def test_model_evaluate_runs_the_gates_evaluation_on_a_labelled_folder(tmp_path:
     ):
         failed = evaluate(*args, "--out", str(out))
         assert failed.returncode == 2 and words in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+
+
+def test_lock_show_lists_locks_and_clear_refuses_a_live_one_without_force(tmp_path: Path) -> None:
+    import re
+    import time
+
+    from flows.lease import LeaseRecord, read_lease
+    from storage import LocalStore
+    from storage.layout import lock_key
+
+    home = tmp_path / "home"
+    store = LocalStore(home / "store")
+    now = time.time()
+    live = LeaseRecord("retrain", "retrain r2", "fr-2", "worker-1", 42, now - 300, now - 10, now + 110)
+    stale = LeaseRecord("drift", "drift r1", None, "worker-2", 7, now - 7200, now - 3600, now - 3480)
+    for record in (live, stale):
+        store.put(lock_key(record.name), record.encode())
+
+    shown = _run(["lock", "show"], home)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    # the seconds tick while the command starts
+    assert re.fullmatch(
+        r"drift\tstale\tdrift r1, flow run -, worker-2:7, taken 2h00m ago \(.* UTC\), "
+        r"renewed 60m\d\ds ago, expired 58m\d\ds ago",
+        lines[0],
+    ), lines[0]
+    found = re.fullmatch(
+        r"retrain\tlive\tretrain r2, flow run fr-2, worker-1:42, taken 5m\d\ds ago \(.* UTC\), "
+        r"renewed (\d+)s ago, expires in (\d+)s",
+        lines[1],
+    )
+    assert found and abs(int(found[1]) + int(found[2]) - 120) <= 1, lines[1]  # rounded to the second
+    one = _run(["lock", "show", "retrain"], home)
+    assert one.returncode == 0 and one.stdout.count("\n") == 1 and one.stdout.startswith("retrain\tlive")
+    assert _run(["lock", "show", "gather"], home).stdout == "gather\tfree\n"
+
+    refused = _run(["lock", "clear", "retrain"], home)
+    assert refused.returncode == 2 and "retrain is live (retrain r2" in refused.stderr and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr and read_lease(store, "retrain") == live
+    cleared = _run(["lock", "clear", "drift"], home)
+    assert cleared.returncode == 0 and cleared.stdout.startswith("cleared drift (stale: drift r1")
+    forced = _run(["lock", "clear", "retrain", "--force"], home)
+    assert forced.returncode == 0 and forced.stdout == "cleared retrain (forced)\n"
+    assert "warning: retrain was live (retrain r2" in forced.stderr
+    assert list(store.list("locks/")) == []
+    missing = _run(["lock", "clear", "retrain"], home)
+    assert missing.returncode == 2 and "no lock 'retrain'" in missing.stderr
+    assert _run(["lock", "show"], home).stderr == "no locks: every flow is free\n"
