@@ -202,7 +202,7 @@ def test_a_crashed_retrain_leaves_retraining_possible_within_5_minutes(
 
     default_ttl = Settings.model_fields["lease_ttl_seconds"].default
     assert default_ttl <= 300  # a crashed run frees retraining within one TTL of its last renewal
-    ttl = 3.0
+    ttl = 4.0  # renewed every second: a worker starved for 3 s still keeps it
     store = LocalStore(tmp_path / "store")
     started = tmp_path / "started"
     env = {
@@ -229,7 +229,7 @@ def test_a_crashed_retrain_leaves_retraining_possible_within_5_minutes(
         assert taken.expires_at - taken.renewed_at == ttl
 
         # alive, its heartbeat keeps the lease for longer than the TTL: nobody takes it over
-        time.sleep(1.5 * ttl)
+        time.sleep(1.25 * ttl)
         with pytest.raises(Busy, match="already running"):
             take_lease(store, "retrain", holder="too early", ttl_seconds=ttl)
         renewed = read_lease(store, "retrain")
