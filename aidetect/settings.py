@@ -66,7 +66,18 @@ class Settings(BaseSettings):
         description="browser origins allowed cross-origin (comma-separated, e.g. https://app.example.com); "
         "empty (the default) = same-origin only, no CORS headers at all",
     )
-    recent_predictions: int = Field(2048, ge=0, description="predictions kept in memory for feedback")
+    recent_predictions: int = Field(
+        2048, ge=0, description="predictions cached in memory (in front of the store's recent/) for pages and feedback"
+    )
+    recent_retention_hours: float = Field(
+        24.0,
+        gt=0,
+        description="how long a prediction's image, verdict and heatmaps (recent/) and the browser history items "
+        "(history/) stay in the store, for every replica to answer for; then any replica's sweeper deletes them",
+    )
+    recent_sweep_seconds: float = Field(
+        600.0, gt=0, description="how often a replica deletes recent/ and history/ keys past their retention"
+    )
     ort_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = the cores this process may use")
     ort_shared_pool: bool = Field(
         True,

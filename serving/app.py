@@ -32,6 +32,7 @@ from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
 from serving.routes import api_router
+from serving.shared import sweep_expired
 from serving.state import ServingState
 from storage import StoreError, configured_store
 
@@ -164,6 +165,8 @@ def _background(state: ServingState, drift: DriftStatus) -> list[Task[None]]:
         tasks.append(asyncio.create_task(state.predlog.run(), name="prediction-log"))
     flush = partial(state.outbox.flush, store)  # also what an earlier run left behind
     tasks.append(every(settings.outbox_flush_seconds, flush, None, "feedback outbox flush", "outbox"))
+    sweep = partial(sweep_expired, state)  # any replica may: deleting is idempotent
+    tasks.append(every(settings.recent_sweep_seconds, sweep, None, "recent/ and history/ sweep", "sweep-recent"))
     return tasks
 
 

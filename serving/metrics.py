@@ -119,6 +119,16 @@ class Metrics:
             registry=self.registry,
         )
         self.shadow = Counter("aidetect_shadow_scores", "Shadow scoring outcomes", ["outcome"], registry=self.registry)
+        self.recent_writes = Counter(
+            "aidetect_recent_store_writes",
+            "Predictions written to the store for every replica (written), or kept on this replica only (failed, "
+            "skipped while the store is paused after a failure)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.recent_swept = Counter(
+            "aidetect_recent_swept_keys", "recent/ and history/ keys deleted past retention", registry=self.registry
+        )
 
     def watch(
         self, holders: dict[str, ModelHolder], predlog: PredictionLog | None, drift: DriftStatus | None = None

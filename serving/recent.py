@@ -1,12 +1,17 @@
-"""Recent predictions kept in memory, so that feedback can refer to one by id."""
+"""Recent predictions, so that a page or a report can refer to one by id: in the store under
+``recent/<id>/`` (any replica finds them) with this replica's LRU in front."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from model.calibration import Label
+from storage import NotFound, ObjectStore
+from storage.layout import recent_heatmap_key, recent_image_key, recent_record_key
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,8 @@ class RecentPrediction:
     label: Label
     probability: float
     model_version: str
+    created_at: float  # unix time
+    filename: str | None = None
 
 
 class RecentPredictions:
@@ -42,3 +49,48 @@ class RecentPredictions:
     def get(self, prediction_id: str) -> RecentPrediction | None:
         with self._lock:
             return self._items.get(prediction_id)
+
+
+def save_prediction(store: ObjectStore, item: RecentPrediction) -> None:
+    """Write the image, then the record (a reader that finds the record finds the image)."""
+    store.put(recent_image_key(item.id, item.image_ext), item.image)
+    record: dict[str, Any] = {
+        "id": item.id,
+        "image_ext": item.image_ext,
+        "label": item.label,
+        "probability": item.probability,
+        "model_version": item.model_version,
+        "created_at": item.created_at,
+        "filename": item.filename,
+    }
+    store.put(recent_record_key(item.id), json.dumps(record).encode())
+
+
+def load_prediction(store: ObjectStore, prediction_id: str) -> RecentPrediction | None:
+    """The prediction as another replica saved it; None when it is not (or no longer) there."""
+    try:
+        record = json.loads(store.get(recent_record_key(prediction_id)))
+        image = store.get(recent_image_key(prediction_id, record["image_ext"]))
+    except NotFound:
+        return None
+    return RecentPrediction(
+        id=prediction_id,
+        image=image,
+        image_ext=record["image_ext"],
+        label=record["label"],
+        probability=float(record["probability"]),
+        model_version=record["model_version"],
+        created_at=float(record["created_at"]),
+        filename=record.get("filename"),
+    )
+
+
+def load_heatmap(store: ObjectStore, prediction_id: str, model_version: str) -> bytes | None:
+    try:
+        return store.get(recent_heatmap_key(prediction_id, model_version))
+    except NotFound:
+        return None
+
+
+def save_heatmap(store: ObjectStore, prediction_id: str, model_version: str, png: bytes) -> None:
+    store.put(recent_heatmap_key(prediction_id, model_version), png)

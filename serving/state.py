@@ -28,6 +28,7 @@ from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
 from serving.shadow import shadow_for, shadow_score
+from serving.shared import StoreWrites
 from storage import ObjectStore
 from storage.predictions import PredictionRecord
 
@@ -49,6 +50,7 @@ class ServingState:
     feedback_policy: Policy
     history: History
     heatmaps: SmallCache = field(default_factory=lambda: SmallCache(64))
+    store_writes: StoreWrites = field(default_factory=StoreWrites)  # recent/ and history/ writes (serving.shared)
     predlog: PredictionLog | None = None
     shadow: ModelHolder | None = None
     loader: ThreadPoolExecutor | None = None  # the low-priority model-loader thread

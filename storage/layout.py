@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from datetime import UTC, datetime
 
@@ -22,6 +23,15 @@ DRIFT_LATEST = DRIFT_REPORTS + "latest.json"  # a copy of the newest summary.jso
 LOCKS = "locks/"  # leases that keep one run of a flow at a time (locks/<name>.json)
 FEATURES = "features/"  # features/<extractor>/<shard>.npz: frozen-backbone tile features by image (model.multiscale)
 TRAINING = "training/"  # training/<run>/: a train-model run's output for the retrain that asked for it
+# Short-lived, so that any serving replica answers for a prediction another one made. Both are
+# deleted AIDETECT_RECENT_RETENTION_HOURS after the prediction (serving.shared sweeps; in
+# production an S3 lifecycle rule on these two prefixes does the same). A prediction id starts
+# with its creation time, so these keys carry their time and list oldest first.
+RECENT = "recent/"  # recent/<prediction id>/: prediction.json, image.<ext>, heatmap-<model version>.png
+HISTORY = "history/"  # history/<sha256 of the browser cookie>/<prediction id>.json: a browser's past predictions
+
+_PREDICTION_ID = re.compile(r"[0-9a-f]{11}[0-9a-f]{16}")  # creation time (ms, hex) + 64 random bits
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
@@ -34,6 +44,70 @@ def new_version_id(now: datetime | None = None) -> str:
     """A time-sortable, collision-resistant id: ``20261125T123456123456Z-1a2b3c``."""
     now = now or utcnow()
     return f"{now:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
+
+
+def new_prediction_id(now: datetime | None = None) -> str:
+    """A prediction's id: its creation time in milliseconds (11 hex digits, so ids sort by time)
+    and 64 random bits (the id is what lets a client fetch its image back)."""
+    now = now or utcnow()
+    return f"{int(now.timestamp() * 1000):011x}{secrets.token_hex(8)}"
+
+
+def is_prediction_id(value: str) -> bool:
+    """Whether ``value`` is an id ``new_prediction_id`` makes (the only ids that go into a key)."""
+    return _PREDICTION_ID.fullmatch(value) is not None
+
+
+def prediction_id_time(prediction_id: str) -> datetime:
+    """When the prediction was made; ValueError for anything but a prediction id."""
+    if not is_prediction_id(prediction_id):
+        raise ValueError(f"not a prediction id: {prediction_id!r}")
+    return datetime.fromtimestamp(int(prediction_id[:11], 16) / 1000, UTC)
+
+
+def _checked_id(prediction_id: str) -> str:
+    if not is_prediction_id(prediction_id):
+        raise ValueError(f"not a prediction id: {prediction_id!r}")
+    return prediction_id
+
+
+def recent_prefix(prediction_id: str) -> str:
+    return f"{RECENT}{_checked_id(prediction_id)}/"
+
+
+def recent_record_key(prediction_id: str) -> str:
+    return f"{recent_prefix(prediction_id)}prediction.json"
+
+
+def recent_image_key(prediction_id: str, ext: str) -> str:
+    if ext not in (*_EXTENSIONS.values(), "bin"):
+        raise ValueError(f"not an image extension: {ext!r}")
+    return f"{recent_prefix(prediction_id)}image.{ext}"
+
+
+def recent_heatmap_key(prediction_id: str, model_version: str) -> str:
+    if _VERSION.fullmatch(model_version) is None:
+        raise ValueError(f"not a model version: {model_version!r}")
+    return f"{recent_prefix(prediction_id)}heatmap-{model_version}.png"
+
+
+def history_prefix(browser: str) -> str:
+    """A browser's history, under the sha256 of its cookie (the cookie itself is never stored)."""
+    return f"{HISTORY}{hashlib.sha256(browser.encode()).hexdigest()}/"
+
+
+def history_key(browser: str, prediction_id: str) -> str:
+    return f"{history_prefix(browser)}{_checked_id(prediction_id)}.json"
+
+
+def parse_short_lived_key(key: str) -> str:
+    """The prediction id a ``recent/`` or ``history/`` key belongs to; ValueError for any other key."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] + "/" == RECENT:
+        return _checked_id(parts[1])
+    if len(parts) == 3 and parts[0] + "/" == HISTORY and parts[2].endswith(".json"):
+        return _checked_id(parts[2][: -len(".json")])
+    raise ValueError(f"not a recent/ or history/ key: {key!r}")
 
 
 def image_extension(pil_format: str | None) -> str:

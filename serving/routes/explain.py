@@ -1,7 +1,7 @@
 """A recent prediction's image, drawn: its heatmap, its thumbnail, its annotated copy (all PNG).
 
-Under ``/v1/predictions/{prediction_id}/``, for predictions this replica still holds
-(``AIDETECT_RECENT_PREDICTIONS``); others are a 404.
+Under ``/v1/predictions/{prediction_id}/``, for predictions any replica made within
+``AIDETECT_RECENT_RETENTION_HOURS`` (serving.shared); others are a 404.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from serving.deps import LiveModelDep, StateDep
 from serving.errors import PROBLEM
 from serving.explain import occlusion_map, overlay_png, shown_image
 from serving.recent import RecentPrediction
+from serving.shared import find, keep_heatmap, stored_heatmap
 from serving.state import ServingState
 from serving.uploads import prepare
 
@@ -26,8 +27,8 @@ router = APIRouter(prefix="/v1/predictions", tags=["predict"])
 PNG = {"content": {"image/png": {}}, "description": "PNG"}
 
 
-def _known(state: ServingState, prediction_id: str) -> RecentPrediction:
-    known = state.recent.get(prediction_id)
+async def _known(state: ServingState, prediction_id: str) -> RecentPrediction:
+    known = await find(state, prediction_id)
     if known is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"prediction {prediction_id!r} is unknown or expired")
     return known
@@ -37,21 +38,21 @@ async def _drawn(
     state: ServingState, prediction_id: str, draw: Callable[[RecentPrediction], bytes], headers: dict[str, str]
 ) -> Response:
     """The PNG ``draw`` makes of a recent prediction (in a worker thread)."""
-    known = _known(state, prediction_id)
+    known = await _known(state, prediction_id)
     return Response(await asyncio.to_thread(draw, known), media_type="image/png", headers=headers)
 
 
 @router.get("/{prediction_id}/heatmap", response_class=Response, responses={200: PNG, 404: PROBLEM, 503: PROBLEM})
 async def heatmap(state: StateDep, live: LiveModelDep, prediction_id: str) -> Response:
     """The regions that drove the verdict, in red over the image (occlusion sensitivity with the live model)."""
-    known = _known(state, prediction_id)
-    cached = state.heatmaps.get((prediction_id, live.version))
-    if cached is not None:
-        return Response(cached, media_type="image/png", headers={"X-Model-Version": live.version})
+    drawn = await stored_heatmap(state, prediction_id, live.version)
+    if drawn is not None:
+        return Response(drawn, media_type="image/png", headers={"X-Model-Version": live.version})
+    known = await _known(state, prediction_id)
     image, pixels = await asyncio.to_thread(prepare, known.image, live.image_size, live.model.input_fit)
     heat = await occlusion_map(live.model, pixels, known.label, state.batcher.run)  # takes turns with live batches
     png = await asyncio.to_thread(overlay_png, shown_image(image, pixels, live.model.input_fit), heat)
-    state.heatmaps.put((prediction_id, live.version), png)
+    await keep_heatmap(state, prediction_id, live.version, png)
     return Response(png, media_type="image/png", headers={"X-Model-Version": live.version})
 
 

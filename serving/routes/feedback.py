@@ -25,6 +25,7 @@ from serving.deps import StateDep, browser, client_fingerprint
 from serving.errors import PROBLEM
 from serving.recent import RecentPrediction
 from serving.schemas import FeedbackOut, FeedbackStatusOut
+from serving.shared import find, link_feedback
 from serving.state import ServingState
 from serving.uploads import BadUpload, infer, read_upload, rejected
 from storage import StoreError
@@ -73,10 +74,17 @@ def _no_image() -> RequestValidationError:
     )
 
 
-def _recent(state: ServingState, prediction_id: str | None, file: UploadFile | None) -> RecentPrediction | None:
-    """The earlier prediction the report names, if this replica still has it; 404 or 422 when
-    there is neither that nor an uploaded image."""
-    known = state.recent.get(prediction_id) if prediction_id else None
+async def _recent(state: ServingState, prediction_id: str | None, file: UploadFile | None) -> RecentPrediction | None:
+    """The earlier prediction the report names, if any replica still has it; 404 or 422 when
+    there is neither that nor an uploaded image (503 when only the unreachable store could tell)."""
+    known = None
+    if prediction_id:
+        try:
+            known = await find(state, prediction_id)
+        except StoreError:
+            if file is None:
+                raise
+            log.warning("prediction %s: the store is unreachable, the report uses the uploaded image", prediction_id)
     if prediction_id and known is None and file is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"prediction {prediction_id!r} is unknown or expired; upload the image"
@@ -129,7 +137,7 @@ async def submit_feedback(
     _same_origin_only(request, state.settings.cors_origins)
     client = client_fingerprint(request)
     _within_rate_limit(state, client)
-    known = _recent(state, prediction_id, file)
+    known = await _recent(state, prediction_id, file)
     if known is not None:
         about = _Reported(known.image, known.image_ext, known.label, known.probability, known.model_version)
     elif file is not None:  # always, after _recent; for the type checker
@@ -157,7 +165,7 @@ async def submit_feedback(
     response.status_code = status.HTTP_201_CREATED if outcome == "quarantined" else status.HTTP_202_ACCEPTED
     state.metrics.feedback.labels(outcome).inc()
     if known is not None and prediction_id:
-        state.history.link_feedback(browser(request, response), prediction_id, record.id)
+        await link_feedback(state, browser(request, response), prediction_id, record.id)
     return FeedbackOut(
         id=record.id,
         status=outcome,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
 import time
 from typing import Annotated
 
@@ -13,32 +12,33 @@ from fastapi import APIRouter, File, HTTPException, Request, Response, UploadFil
 
 from serving.deps import LiveModelDep, StateDep, browser
 from serving.errors import PROBLEM
-from serving.history import HistoryItem
-from serving.history import now as history_now
 from serving.hotswap import LiveModel
 from serving.recent import RecentPrediction
 from serving.schemas import BatchItemError, BatchOut, PredictionOut
+from serving.shared import remember
 from serving.state import ServingState, now
 from serving.uploads import BadUpload, infer, read_upload, rejected
-from storage.layout import image_extension
+from storage.layout import image_extension, new_prediction_id
 from storage.predictions import PredictionRecord
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"])
 
 
-async def _predict_one(state: ServingState, live: LiveModel, file: UploadFile) -> PredictionOut:
+async def _predict_one(
+    state: ServingState, live: LiveModel, file: UploadFile, browser_id: str | None = None
+) -> PredictionOut:
     started = time.perf_counter()
     data = await read_upload(file, state.settings.max_upload_bytes)
     image, pixels, raw, embedding = await infer(state, live, data)
     label, probability = live.verdict(raw)
     latency_ms = (time.perf_counter() - started) * 1000
-    prediction_id = secrets.token_hex(8)
+    created_at = now()
+    prediction_id = new_prediction_id(created_at)
     ext = image_extension(image.format)
-    state.recent.add(RecentPrediction(prediction_id, data, ext, label, probability, live.version))
     state.metrics.predictions.labels(label).inc()
     record = PredictionRecord(
         id=prediction_id,
-        created_at=now(),
+        created_at=created_at,
         model_version=live.version,
         variant=live.variant,
         probability=probability,
@@ -50,6 +50,10 @@ async def _predict_one(state: ServingState, live: LiveModel, file: UploadFile) -
         embedding=embedding.astype(np.float16).tolist(),
     )
     state.log_prediction(record, image, data, pixels)
+    known = RecentPrediction(
+        prediction_id, data, ext, label, probability, live.version, created_at.timestamp(), file.filename
+    )
+    await remember(state, known, browser_id)  # before answering: the next request may reach another replica
     return PredictionOut(
         id=prediction_id,
         label=label,
@@ -72,14 +76,9 @@ async def predict(
     Browsers get a random ``aidetect_browser`` cookie; their predictions are listed by ``GET /v1/history``.
     """
     try:
-        out = await _predict_one(state, live, file)
+        return await _predict_one(state, live, file, browser(request, response))
     except BadUpload as exc:
         raise rejected(state, exc) from None
-    state.history.add(
-        browser(request, response),
-        HistoryItem(out.id, out.label, out.probability, out.model_version, file.filename, history_now()),
-    )
-    return out
 
 
 @router.post("/batch", response_model=BatchOut, responses={400: PROBLEM, 503: PROBLEM})

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ from model.card import ModelCard
 from model.registry import Registry
 from storage import LocalStore
 from tests.conftest import Trained
+
+CHROMIUM = "/usr/bin/chromium"
 
 
 def register_trained(
@@ -45,3 +48,15 @@ def mean_store(tmp_path: Path) -> tuple[LocalStore, str]:
     version = register_onnx(registry, mean_brightness_model(tmp_path / "mean.onnx"))
     registry.promote(version, reason="test")
     return store, version
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's chromium driven by Playwright: missing, the test fails (`make browser` installs it)."""
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()

@@ -2,7 +2,8 @@
 
 Upload, verdict, heatmap shown, annotated download received, history survives a reload,
 "this is wrong" files feedback and shows its status, a bad file shows a message, and the
-layout fits a phone. Needs /usr/bin/chromium (`.ci/run` installs it): missing, the test fails.
+layout fits a phone. Needs /usr/bin/chromium (`.ci/run` installs it): missing, the test fails
+(the ``browser`` fixture is in conftest.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from PIL import Image, ImageDraw
 
 from tests.helpers import serving_process
 from tests.serving.test_hardening import mean_model_store
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 def synthetic_image(size: int = 256) -> bytes:
@@ -42,17 +41,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {"AIDETECT_HOME": str(tmp / "home"), "AIDETECT_STORE_URL": str(store.root)}
     with serving_process(env, tmp / "serving.log") as (_, base):
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def test_the_page_end_to_end(server: str, browser: object, tmp_path: Path) -> None:
