@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import storage.layout as layout
 from aidetect.settings import Settings
 from model.registry import Registry
 from serving.app import create_app
+from serving.shared import sweep
 from storage import LocalStore, ObjectStore
 from tests.helpers import image_bytes
 from tests.serving.onnx_models import mean_brightness_model
@@ -172,6 +174,7 @@ def test_every_layout_prefix_is_known_here() -> None:
     assert set(PREFIXES) == {
         "IMAGES", "DATASETS", "FEEDBACK", "PREDICTIONS", "MODELS", "ALIASES", "EVENTS",
         "DRIFT_REPORTS", "LOCKS", "TRAINING", "FEEDBACK_INDEX", "FEEDBACK_REVIEWS", "FEATURES",
+        "RECENT", "HISTORY",
     }  # fmt: skip
     # a new prefix in storage/layout.py: decide which role may touch it, then add it above
 
@@ -186,6 +189,8 @@ MAY = [
     *((SERVING, "get", p) for p in ("ALIASES", "MODELS", "FEEDBACK", "FEEDBACK_INDEX", "FEEDBACK_REVIEWS", "IMAGES")),
     *((SERVING, "put", p) for p in ("PREDICTIONS", "IMAGES", "FEEDBACK", "FEEDBACK_INDEX")),
     *((SERVING, "list", p) for p in ("MODELS", "FEEDBACK_INDEX", "FEEDBACK_REVIEWS")),
+    # what any replica answers for (serving.shared): written on predict, deleted by a browser or the sweep
+    *((SERVING, op, p) for op in ("get", "put", "delete", "list") for p in ("RECENT", "HISTORY")),
     *((ROLLBACK, "put", p) for p in ("ALIASES", "EVENTS")),
     *((WORKER, "get", p) for p in ("FEEDBACK", "FEEDBACK_REVIEWS", "IMAGES", "DATASETS", "MODELS", "ALIASES")),
     *((WORKER, "get", p) for p in ("PREDICTIONS", "TRAINING", "LOCKS")),
@@ -199,7 +204,7 @@ MAY = [
     *((TRAIN, op, "FEATURES") for op in ("get", "put", "list")),
 ]
 MAY_NOT = [
-    *((SERVING, "delete", p) for p in PREFIXES),
+    *((SERVING, "delete", p) for p in PREFIXES if p not in ("RECENT", "HISTORY")),
     *(
         (SERVING, "put", p)
         for p in ("MODELS", "ALIASES", "EVENTS", "DATASETS", "TRAINING", "LOCKS", "FEEDBACK_REVIEWS")
@@ -308,6 +313,10 @@ def test_serving_needs_nothing_beyond_its_policy(tmp_path: Path, monkeypatch: py
         sent = client.post("/v1/feedback", data={"label": "ai"}, files={"file": ("y.png", image_bytes(fmt="PNG"))})
         assert sent.status_code == 201, sent.text
         assert client.get(f"/v1/feedback/{sent.json()['id']}").status_code == 200
+        assert client.get(f"/v1/predictions/{predicted.json()['id']}/heatmap").status_code == 200
+        assert client.get("/v1/history").status_code == 200
+        assert client.delete("/v1/history").json() == {"cleared": 1}
+        sweep(store, timedelta(0), datetime.now(UTC))  # the retention sweep, everything past it
         auth = {"Authorization": f"Bearer {token}"}
         assert client.post("/v1/admin/reload", headers=auth).status_code == 200
         everyday = set(store.calls)
@@ -315,6 +324,7 @@ def test_serving_needs_nothing_beyond_its_policy(tmp_path: Path, monkeypatch: py
     rollback = store.calls - everyday
     assert {op for op, _ in everyday} >= {"get", "put", "list"}
     assert any(k.startswith("predictions/") for op, k in store.calls if op == "put")  # the log was flushed
+    assert {k.split("/")[0] for op, k in store.calls if op == "delete"} == {"recent", "history"}
     for op, k in sorted(everyday):
         assert can(SERVING, op, k), (op, k)
     for op, k in sorted(rollback):
