@@ -62,8 +62,13 @@ class History:
                     item.feedback_id = feedback_id
 
 
+def item_object(browser: str, item: HistoryItem) -> tuple[str, bytes]:
+    """The (key, bytes) a history item is stored as."""
+    return history_key(browser, item.prediction_id), json.dumps(asdict(item)).encode()
+
+
 def save_item(store: ObjectStore, browser: str, item: HistoryItem) -> None:
-    store.put(history_key(browser, item.prediction_id), json.dumps(asdict(item)).encode())
+    store.put(*item_object(browser, item))
 
 
 def load_items(store: ObjectStore, browser: str, limit: int = PER_BROWSER) -> list[HistoryItem]:
@@ -93,7 +98,7 @@ def link_feedback(store: ObjectStore, browser: str, prediction_id: str, feedback
     except NotFound:
         return False
     item.feedback_id = feedback_id
-    store.put(key, json.dumps(asdict(item)).encode())
+    store.put(*item_object(browser, item))
     return True
 
 

@@ -51,9 +51,9 @@ class RecentPredictions:
             return self._items.get(prediction_id)
 
 
-def save_prediction(store: ObjectStore, item: RecentPrediction) -> None:
-    """Write the image, then the record (a reader that finds the record finds the image)."""
-    store.put(recent_image_key(item.id, item.image_ext), item.image)
+def prediction_objects(item: RecentPrediction) -> list[tuple[str, bytes]]:
+    """The (key, bytes) a prediction is stored as: its image and its record. Written in any order
+    (or at once): a reader treats a record without its image as absent."""
     record: dict[str, Any] = {
         "id": item.id,
         "image_ext": item.image_ext,
@@ -63,7 +63,15 @@ def save_prediction(store: ObjectStore, item: RecentPrediction) -> None:
         "created_at": item.created_at,
         "filename": item.filename,
     }
-    store.put(recent_record_key(item.id), json.dumps(record).encode())
+    return [
+        (recent_image_key(item.id, item.image_ext), item.image),
+        (recent_record_key(item.id), json.dumps(record).encode()),
+    ]
+
+
+def save_prediction(store: ObjectStore, item: RecentPrediction) -> None:
+    for key, data in prediction_objects(item):
+        store.put(key, data)
 
 
 def load_prediction(store: ObjectStore, prediction_id: str) -> RecentPrediction | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from serving import history as shared_history
 from serving.history import HistoryItem
-from serving.recent import RecentPrediction, load_heatmap, load_prediction, save_heatmap, save_prediction
+from serving.recent import RecentPrediction, load_heatmap, load_prediction, prediction_objects, save_heatmap
 from storage import ObjectStore, StoreError
 from storage.layout import (
     HISTORY,
@@ -60,9 +60,11 @@ async def remember(state: ServingState, item: RecentPrediction, browser: str | N
     if state.store_writes.paused:
         state.metrics.recent_writes.labels("skipped").inc()
         return
-    writes = [asyncio.to_thread(save_prediction, state.store, item)]
+    # all at once: a store round trip (~20-40 ms on S3) is paid once, not three times
+    objects = prediction_objects(item)
     if browser is not None and entry is not None:
-        writes.append(asyncio.to_thread(shared_history.save_item, state.store, browser, entry))
+        objects.append(shared_history.item_object(browser, entry))
+    writes = [asyncio.to_thread(state.store.put, key, data) for key, data in objects]
     outcomes = await asyncio.gather(*writes, return_exceptions=True)
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     if not failures:
