@@ -27,6 +27,7 @@ from serving.drift_status import DriftStatus
 from serving.errors import store_unavailable
 from serving.history import History
 from serving.hotswap import ModelHolder
+from serving.journal import Journal
 from serving.metrics import Metrics, RequestMetricsMiddleware
 from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
@@ -113,12 +114,17 @@ async def _open(settings: Settings, metrics: Metrics, draining: threading.Event)
         await _start_holder(each, loader)
     predlog = None
     if settings.prediction_log:
+        journal = None
+        if settings.log_journal:
+            journal = Journal(settings.cache_dir / "journal" / "predictions", settings.log_journal_commit_ms / 1000)
         predlog = PredictionLog(
             store,
             settings.cache_dir / "spool" / "predictions",
             flush_seconds=settings.log_flush_seconds,
             batch_size=settings.log_batch_size,
+            journal=journal,
         )
+        await asyncio.to_thread(predlog.open)  # what a killed process journaled is logged before we answer
     state = ServingState(
         settings=settings,
         store=store,
@@ -183,9 +189,9 @@ async def _close(state: ServingState, tasks: list[Task[None]]) -> None:
         state.loader.shutdown(wait=False, cancel_futures=True)
     if state.predlog is not None:
         try:
-            await asyncio.to_thread(state.predlog.flush)
+            await asyncio.to_thread(state.predlog.close)
         except Exception:
-            log.exception("final prediction log flush failed; records stay spooled")
+            log.exception("final prediction log flush failed; records stay spooled or journaled")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -68,6 +68,17 @@ class _StateCollector(Collector):
             pending = GaugeMetricFamily("aidetect_prediction_log_pending_records", "Records in memory, not yet written")
             pending.add_metric([], self.predlog.pending)
             yield pending
+            replayed = CounterMetricFamily(
+                "aidetect_prediction_log_replayed_records", "Records a killed replica left in the journal, logged again"
+            )
+            replayed.add_metric([], self.predlog.replayed_records)
+            yield replayed
+            if self.predlog.journal is not None:
+                journal_errors = CounterMetricFamily(
+                    "aidetect_prediction_log_journal_write_errors", "Journal commits the local disk refused"
+                )
+                journal_errors.add_metric([], self.predlog.journal.write_errors)
+                yield journal_errors
         if self.drift is not None:
             yield from self._drift(self.drift)
 

@@ -6,6 +6,11 @@ few seconds or when it is full (schema, record and key: ``storage.predictions`` 
 ``storage.layout``). If the store refuses, the file goes to a local spool folder (written
 atomically) and is sent later, oldest first; a create-only put makes the resend idempotent, so
 nothing is lost and nothing is written twice. Drift monitoring reads these files.
+
+A process killed before its buffer was written loses nothing it answered more than one commit
+interval earlier: each record also goes into the journal (``serving.journal``, local disk,
+fsynced every few tens of milliseconds) when it is answered, and leaves it only once its batch
+is durable in the spool. ``open`` logs again what a killed process left in the journal.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from serving.journal import Journal, fsync_dir
 from storage import ObjectStore, PreconditionFailed, StoreError
 from storage.layout import new_version_id, parse_prediction_log_key, prediction_log_key
 from storage.predictions import PredictionRecord, encode
@@ -49,11 +56,21 @@ def _key_of_spool_name(name: str) -> str:
 
 
 class PredictionLog:
-    def __init__(self, store: ObjectStore, spool_dir: Path, *, flush_seconds: float = 5.0, batch_size: int = 1000):
+    def __init__(
+        self,
+        store: ObjectStore,
+        spool_dir: Path,
+        *,
+        flush_seconds: float = 5.0,
+        batch_size: int = 1000,
+        journal: Journal | None = None,
+    ):
         self.store = store
         self.spool_dir = spool_dir
         self.flush_seconds = flush_seconds
         self.batch_size = batch_size
+        self.journal = journal
+        self.replayed_records = 0
         self.written_records = 0
         self.spooled_records = 0
         self.write_errors = 0
@@ -64,14 +81,50 @@ class PredictionLog:
         self._full = asyncio.Event()
         spool_dir.mkdir(parents=True, exist_ok=True)
 
+    def open(self) -> None:
+        """Before serving: log again what a killed process left in the journal, start journaling."""
+        if self.journal is None:
+            return
+        leftovers = self.journal.leftovers()
+        if leftovers:
+            log.warning("prediction log: %d record(s) recovered from the journal", len(leftovers))
+            with self._lock:
+                self._buffer = leftovers + self._buffer
+            self.replayed_records += len(leftovers)
+            try:
+                self.flush()
+            except OSError:
+                log.exception("prediction log: recovered records could not be spooled yet; they stay journaled")
+        self.journal.start()
+
+    def close(self) -> None:
+        """The last flush, then the journal's last commit (what is not yet spooled stays journaled)."""
+        try:
+            self.flush()
+        finally:
+            if self.journal is not None:
+                self.journal.close()
+
+    def answered(self, record: PredictionRecord) -> None:
+        """Journal ``record`` as answered, before it is completed and ``add``ed (no I/O: a list append)."""
+        if self.journal is not None:
+            self.journal.append(record)
+
+    def _release(self, records: list[PredictionRecord]) -> None:
+        if self.journal is not None:
+            self.journal.release(r.id for r in records)
+
     def add(self, record: PredictionRecord) -> None:
         with self._lock:
-            if len(self._buffer) >= MAX_BUFFERED:  # the disk refuses even the spool: shed, and count it
+            shed = len(self._buffer) >= MAX_BUFFERED  # the disk refuses even the spool: shed, and count it
+            if shed:
                 self.dropped_records += 1
-                return
-            self._buffer.append(record)
+            else:
+                self._buffer.append(record)
             full = len(self._buffer) >= self.batch_size
-        if full:
+        if shed:
+            self._release([record])
+        elif full:
             self._full.set()
 
     @property
@@ -95,6 +148,7 @@ class PredictionLog:
                 except Exception:  # a record that does not fit the schema: a bug; keep the others flowing
                     log.exception("prediction log: %d records could not be encoded and were dropped", len(chunk))
                     self.dropped_records += len(chunk)
+                    self._release(chunk)
                     continue
                 try:
                     self._spool(name, data)
@@ -102,13 +156,18 @@ class PredictionLog:
                     with self._lock:
                         self._buffer = records[start:] + self._buffer
                     raise
+                self._release(chunk)
             return self._drain()
 
     def _spool(self, name: str, data: bytes) -> None:
-        """Every batch passes through the spool: written there atomically, then sent."""
+        """Every batch passes through the spool: written there atomically and durably, then sent."""
         tmp = self.spool_dir / (name + ".part")
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
         tmp.replace(self.spool_dir / name)
+        fsync_dir(self.spool_dir)  # the rename too: the journal lets these records go next
 
     def _drain(self) -> int:
         sent = 0

@@ -60,9 +60,11 @@ class ServingState:
     draining: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM (serving.server)
 
     def log_prediction(self, record: PredictionRecord, image: Image.Image, data: bytes, pixels: np.ndarray) -> None:
-        """Finish the log record off the request path (statistics, shadow score), then buffer it."""
+        """Journal the record as answered, finish it off the request path (statistics, shadow score), then buffer it."""
         if self.predlog is None and self.shadow is None:
             return
+        if self.predlog is not None:
+            self.predlog.answered(record)
         task = asyncio.get_running_loop().create_task(self._complete(record, image, data, pixels))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
@@ -76,9 +78,10 @@ class ServingState:
                 stats = await asyncio.to_thread(image_statistics, image, data)
                 for name, value in stats.items():
                     setattr(record, name, value)
-                self.predlog.add(record)
         except Exception:  # a log record must never take the server down
             log.exception("could not complete the log record of prediction %s", record.id)
+        if self.predlog is not None:  # completed or not: it was answered (and journaled until it is written)
+            self.predlog.add(record)
 
 
 async def in_loader(state: ServingState, fn: Callable[[], T]) -> T:

@@ -108,7 +108,7 @@ def read_window(
     """Predictions logged in ``[start, end)`` (by ``model_version`` if given), from the hourly files.
 
     Only the hour folders that can hold such rows are listed: a batch file sits in the hour of its
-    first record, so the hour before ``start`` is read too.
+    first record, so the hour before ``start`` is read too. A prediction logged twice is read once.
     """
     start, end = as_utc(start), as_utc(end)
     hour = start.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
@@ -126,4 +126,17 @@ def read_window(
     )
     if model_version is not None:
         keep = pc.and_(keep, pc.equal(table["model_version"], model_version))
-    return table.filter(keep).to_pandas()
+    return _one_per_id(table.filter(keep).to_pandas())
+
+
+def _one_per_id(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per prediction id: the most complete, the latest file's on a tie.
+
+    A replica killed between writing a batch and deleting its journal segment logs those records
+    again at restart (``serving.journal``), some of them without the statistics filled in later.
+    """
+    if not frame["id"].duplicated().any():
+        return frame
+    filled = frame.notna().sum(axis=1)
+    ranked = frame.loc[filled.sort_values(kind="stable").index]  # files in key order, so ties keep the later
+    return ranked.drop_duplicates("id", keep="last").sort_index().reset_index(drop=True)

@@ -353,7 +353,14 @@ def exported_metrics() -> set[str]:
     metrics = Metrics()
     live = SimpleNamespace(version="v1", variant="fp32", loaded_at=1.0)
     holder = SimpleNamespace(current=live, alias="production", swaps=1, refused_by_reason={"canary": 1}, store_errors=0)
-    predlog = SimpleNamespace(written_records=1, spooled_records=0, dropped_records=0, pending=0)
+    predlog = SimpleNamespace(
+        written_records=1,
+        spooled_records=0,
+        dropped_records=0,
+        pending=0,
+        replayed_records=0,
+        journal=SimpleNamespace(write_errors=0),
+    )
     from serving.drift_status import DriftStatus, read_summary
 
     drift = DriftStatus()
