@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 
 
-def mean_brightness_model(path: Path, *, size: int = 32, nan: bool = False, input_type: str = "uint8") -> Path:
-    """pixels (N, size, size, 3) -> P(ai) = mean pixel / 255 (or NaN), embedding = mean per channel."""
+def mean_brightness_model(
+    path: Path, *, size: int = 32, nan: bool = False, input_type: str = "uint8", embedding_dim: int = 3
+) -> Path:
+    """pixels (N, size, size, 3) -> P(ai) = mean pixel / 255 (or NaN), embedding = mean per channel
+    (``embedding_dim`` != 3: those means times a fixed random matrix, e.g. 768 wide as the real models)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -20,20 +23,25 @@ def mean_brightness_model(path: Path, *, size: int = 32, nan: bool = False, inpu
         helper.make_node("Mul", ["m", "scale"], ["ms"]),
         helper.make_node("Reshape", ["ms", "shape"], ["p_ai"]),
         helper.make_node("ReduceMean", ["x"], ["e4"], axes=[1, 2], keepdims=0),
-        helper.make_node("Mul", ["e4", "scale"], ["embedding"]),
+        helper.make_node("Mul", ["e4", "scale"], ["embedding" if embedding_dim == 3 else "e3"]),
     ]
+    initializers = [
+        helper.make_tensor("scale", TensorProto.FLOAT, [1], scale),
+        helper.make_tensor("shape", TensorProto.INT64, [2], np.array([-1, 1], np.int64)),
+    ]
+    if embedding_dim != 3:
+        widen = np.random.default_rng(0).standard_normal((3, embedding_dim)).astype(np.float32)
+        nodes.append(helper.make_node("MatMul", ["e3", "widen"], ["embedding"]))
+        initializers.append(helper.make_tensor("widen", TensorProto.FLOAT, [3, embedding_dim], widen))
     graph = helper.make_graph(
         nodes,
         "mean",
         [helper.make_tensor_value_info("pixels", elem, ["N", size, size, 3])],
         [
             helper.make_tensor_value_info("p_ai", TensorProto.FLOAT, ["N", 1]),
-            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", embedding_dim]),
         ],
-        [
-            helper.make_tensor("scale", TensorProto.FLOAT, [1], scale),
-            helper.make_tensor("shape", TensorProto.INT64, [2], np.array([-1, 1], np.int64)),
-        ],
+        initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
