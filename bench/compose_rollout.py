@@ -57,6 +57,7 @@ def env_file(path: Path) -> dict[str, str]:
             env[key.strip()] = secrets.token_urlsafe(18) if value.strip() == "CHANGE_ME" else value.strip()
     for key in ("SERVING_PORT", "MINIO_PORT", "MINIO_CONSOLE_PORT", "PREFECT_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT"):
         env[key] = str(free_port())
+    env["AIDETECT_PROXY_PREDICT_PER_10S"] = "1000000"  # every client here is one address: no per-client limit
     path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     return env
 

@@ -29,6 +29,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import httpx
 import pytest
 
 from deploy.rollout import Replica, RolloutError, rollout
-from storage import configured_store
+from storage import ObjectStore, configured_store
 from tests.deploy.test_services import (
     Localizer,
     base_env,
@@ -289,7 +290,7 @@ class Load(ClientThreads):
 
 @contextmanager
 def haproxy(env: dict[str, str], logs: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(logs / "proxy.log", "wb") as log:
+    with open(logs / "proxy.log", "ab") as log:  # a restarted proxy logs after the first one
         process = subprocess.Popen(  # noqa: S603
             ["haproxy", "-W", "-db", "-f", str(HAPROXY_CFG)],  # the image's CMD, in the foreground  # noqa: S607
             env=env,
@@ -319,10 +320,31 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"{what} within {timeout:.0f} s")
 
 
-@needs_haproxy
-def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@dataclass
+class Deployment:
+    """Compose's serving stack without Docker: replicas behind the proxy, a promoted model in S3."""
+
+    containers: Containers
+    dns: DNS
+    proxy: subprocess.Popen[bytes]
+    proxy_env: dict[str, str]  # what it was started with (``haproxy`` starts another)
+    base: str  # where clients connect (the proxy's published port)
+    monitor: str  # the proxy's monitor frontend
+    store: ObjectStore
+    version: str
+    logs: Path
+
+
+@contextmanager
+def deployment(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    replicas: int | None = None,
+    serving: dict[str, str] | None = None,
+    proxy: dict[str, str] | None = None,
+) -> Iterator[Deployment]:
+    """``replicas`` ready replicas (compose's SERVING_REPLICAS by default) behind a ready proxy;
+    ``serving`` and ``proxy`` set variables on top of those services' compose environments."""
     from moto.server import ThreadedMotoServer
 
     from aidetect.settings import Settings
@@ -336,9 +358,7 @@ def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
     services = compose["services"]
     s3_port, replica_port, proxy_port, monitor_port = (free_port() for _ in range(4))
     local = Localizer({f"minio:{ports_of(services['minio'])}": f"127.0.0.1:{s3_port}"}, tmp_path)
-    serving_env = local.env("serving", service_env(compose, "serving"))
-    drain = float(serving_env["AIDETECT_DRAIN_SECONDS"])
-    assert drain > 0, "compose should let serving drain before it stops"
+    serving_env = {**local.env("serving", service_env(compose, "serving")), **(serving or {})}
 
     # the proxy's compose environment; what only a container has is rewritten
     proxy_env = {str(k): str(v) for k, v in services["proxy"]["environment"].items()}
@@ -370,7 +390,7 @@ def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
         command = image_cmd(dockerfile(services["serving"]) or Path())
         containers = Containers(command, {**base_env(), **serving_env}, replica_port, dns, tmp_path)
         stack.callback(containers.stop_all)
-        first = [containers.start_one() for _ in range(int(dotenv["SERVING_REPLICAS"]))]  # compose's default: 1
+        first = [containers.start_one() for _ in range(replicas or int(dotenv["SERVING_REPLICAS"]))]
         for replica in first:
             wait_until(lambda r=replica: containers.ready(r), 90, f"{replica.name} was not ready")
 
@@ -380,13 +400,30 @@ def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
                 "AIDETECT_PROXY_UPSTREAM": f"serving:{replica_port}",
                 "AIDETECT_PROXY_BIND": f"127.0.0.1:{proxy_port}",
                 "AIDETECT_PROXY_MONITOR": f"127.0.0.1:{monitor_port}",
+                **(proxy or {}),
             }
         )
-        proxy = stack.enter_context(haproxy({"PATH": os.environ["PATH"], **proxy_env}, logs))
+        proxy_env["PATH"] = os.environ["PATH"]
+        process = stack.enter_context(haproxy(proxy_env, logs))
         base = f"http://127.0.0.1:{proxy_port}"
-        monitor = services["proxy"]["healthcheck"]["test"][-1].replace("127.0.0.1:8404", f"127.0.0.1:{monitor_port}")
-        wait_until(lambda: httpx.get(monitor, timeout=2).status_code == 200, 20, "the proxy's healthcheck failed")
+        monitor = f"http://127.0.0.1:{monitor_port}"
+        check = services["proxy"]["healthcheck"]["test"][-1].replace("http://127.0.0.1:8404", monitor)
+        wait_until(lambda: httpx.get(check, timeout=2).status_code == 200, 20, "the proxy's healthcheck failed")
         wait_until(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, 30, "no replica behind the proxy")
+        in_rotation = f'haproxy_backend_active_servers{{proxy="serving"}} {len(first)}\n'
+        wait_until(lambda: in_rotation in httpx.get(f"{monitor}/metrics", timeout=2).text, 30, "a replica is not up")
+        yield Deployment(containers, dns, process, proxy_env, base, monitor, store, version, logs)
+
+
+@needs_haproxy
+def test_rolling_deploy_replaces_every_replica_without_a_failed_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every client here is 127.0.0.1: the proxy's per-client prediction limit would refuse the load
+    with deployment(tmp_path, monkeypatch, proxy={"AIDETECT_PROXY_PREDICT_PER_10S": "1000000"}) as deployed:
+        containers, proxy, base, logs = deployed.containers, deployed.proxy, deployed.base, deployed.logs
+        dns, store, version = deployed.dns, deployed.store, deployed.version
+        assert float(containers.env["AIDETECT_DRAIN_SECONDS"]) > 0, "compose should let serving drain before it stops"
 
         images = [image_bytes(size=(48, 48), fmt="PNG", seed=n) for n in range(8)]
         lines: list[str] = []
