@@ -142,3 +142,6 @@ def test_the_proxy_limits_each_client_across_replicas(tmp_path: Path, monkeypatc
             wait_until(lambda: again.get("/readyz").status_code == 200, 30, "no replica behind the restarted proxy")
             assert report(again, 12).status_code == 201
             assert predict(again, 13).status_code == 200
+            # and nothing a client had is gone: the replicas and the store hold it, not the proxy
+            assert again.get(heatmap).status_code == 200
+            assert again.get(f"/v1/predictions/{first.json()['id']}/annotated").status_code == 200
