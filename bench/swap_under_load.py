@@ -1,9 +1,15 @@
 """Hot swap under continuous load: failed requests, p99 during swaps, time to serve, memory growth.
 
-Exports one model (random init, in a TensorFlow child process), registers it ``--swaps`` times
-in a fresh local store (the same files as distinct versions, so each promotion is a real swap:
-download, sha256, new session, warm-up, canaries) before anything is measured, since
-registering is the training worker's job, and serves it with uvicorn (one worker). Swap 1 sets
+Exports one model (random init, in a TensorFlow child process; ``--model`` reuses an export),
+registers it ``--swaps`` times in a fresh local store (each version's ONNX file made distinct by
+one metadata entry, the same graph, so each promotion is a real swap of a file never seen
+before: download, sha256, pre-optimised copy, new session, warm-up, canaries; ``--same-file``
+registers the identical file, as a replica restarting on a cached copy sees it) before
+anything is measured, since registering is the training worker's job, and serves it with
+uvicorn (one worker). ``--app`` serves a variant: ``bench._swap_variants:in_process_app`` (the
+session optimised in process on the inference thread, the behaviour before the pre-optimised
+copy) or ``bench._swap_variants:sleep_app`` (a swap that only sleeps: the noise floor of the
+ratio on this machine). Swap 1 sets
 the memory baseline. Phase 1 measures steady load with no promotions. Phase 2 keeps the same
 load running while it promotes ``--timed-swaps`` versions one after another, waiting after each
 until the new version answers /v1/predict, then pausing ``--pause`` s; p99 in the swap windows
@@ -14,7 +20,8 @@ alias polls (when the old session has been released). The prediction log is off,
 writes do not add noise. Prints one JSON object.
 
     .venv/bin/python bench/swap_under_load.py [--architecture effnet-b0] [--swaps 50] [--timed-swaps 20]
-        [--concurrency 8] [--steady-seconds 15] [--poll 0.5] [--pause 3.0]
+        [--concurrency 8] [--steady-seconds 15] [--poll 0.5] [--pause 3.0] [--app MODULE:FACTORY]
+        [--model EXPORT_DIR] [--same-file]
 
 Targets (acceptance): 0 failed requests; p99 during swaps at most 1.5x steady p99; resident
 memory after ``--swaps`` swaps at most 10% above that after the first.
@@ -40,6 +47,32 @@ from _serving import LoadResult, Server, export_model, load, percentile, registe
 P99_RATIO_TARGET = 1.5
 RSS_GROWTH_TARGET_PCT = 10.0
 WINDOW_TAIL_S = 0.5  # a swap window runs from the promotion to the first new answer plus this
+
+
+def register_versions(store: Path, model_dir: Path, size: int, count: int, scratch: Path, same_file: bool) -> list[str]:
+    """Register the export ``count`` times; unless ``same_file``, each ONNX file differs by one metadata entry."""
+    if same_file:
+        return [register(store, model_dir, size, False) for _ in range(count)]
+    import onnx
+
+    graph = onnx.load(str(model_dir / "model.onnx"))
+    entry = graph.metadata_props.add()
+    entry.key = "bench.copy"
+    scratch.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_dir / "canaries.npz", scratch / "canaries.npz")
+    versions = []
+    for i in range(count):
+        entry.value = str(i)
+        onnx.save(graph, str(scratch / "model.onnx"))
+        versions.append(register(store, scratch, size, False))
+    return versions
+
+
+def input_size(onnx_file: Path) -> int:
+    """The side of the square input the exported graph takes."""
+    import onnx
+
+    return int(onnx.load(str(onnx_file)).graph.input[0].type.tensor_type.shape.dim[1].dim_value)
 
 
 def progress(message: str) -> None:
@@ -118,13 +151,13 @@ def seconds_summary(values: list[float]) -> dict[str, float | None]:
     return {"median": round(statistics.median(values), 3), "max": round(max(values), 3)}
 
 
-async def bench(args: argparse.Namespace, server: Server, store: Path, model_dir: Path, size: int) -> dict:
+async def bench(args: argparse.Namespace, server: Server, store: Path, model_dir: Path, size: int, tmp: Path) -> dict:
     image = test_image(size)
     predict = server.url + "/v1/predict"
     swaps_total = max(args.swaps, args.timed_swaps + 1)
     # Registration is the training worker's job (another machine): done before any measurement.
-    progress(f"registering {swaps_total} versions (the same files: each promotion is a real swap)")
-    versions = iter([register(store, model_dir, size, False) for _ in range(swaps_total)])
+    progress(f"registering {swaps_total} versions ({'the same file' if args.same_file else 'distinct files'})")
+    versions = iter(register_versions(store, model_dir, size, swaps_total, tmp / "copy", args.same_file))
     rss_trace: list[float] = []
 
     async def settled_rss() -> float:
@@ -242,6 +275,8 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between a swap answering and the next")
     parser.add_argument("--app", default="serving.app:create_app", help="the app factory to serve (variants)")
     parser.add_argument("--swap-timeout", type=float, default=120, help="give up on a swap after this many s")
+    parser.add_argument("--model", type=Path, help="an export to reuse (model.onnx, canaries.npz) instead of exporting")
+    parser.add_argument("--same-file", action="store_true", help="register the identical file every time")
     args = parser.parse_args()
     if args.timed_swaps < 1:
         parser.error("--timed-swaps must be at least 1")
@@ -249,12 +284,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="swap_under_load-"))
     server: Server | None = None
     try:
-        progress(f"exporting {args.architecture}")
-        started = time.perf_counter()
-        size = export_model(args.architecture, tmp / "export")
-        progress(f"exported in {time.perf_counter() - started:.1f} s, input {size} px")
+        export = args.model or tmp / "export"
+        if args.model is None:
+            progress(f"exporting {args.architecture}")
+            started = time.perf_counter()
+            export_model(args.architecture, export)
+            progress(f"exported in {time.perf_counter() - started:.1f} s")
+        size = input_size(export / "model.onnx")
         store = tmp / "store"
-        register(store, tmp / "export", size, promote=True)
+        register(store, export, size, promote=True)
         env = {
             "AIDETECT_HOME": str(tmp / "home"),
             "AIDETECT_STORE_URL": str(store),
@@ -263,7 +301,7 @@ def main() -> None:
         }
         log = tmp / "server.log"
         server = start_server(args.app, env, log)
-        results = asyncio.run(bench(args, server, store, tmp / "export", size))
+        results = asyncio.run(bench(args, server, store, export, size, tmp))
         server.stop()
         log_text = log.read_text(errors="replace")
         server = None
@@ -272,6 +310,8 @@ def main() -> None:
                 {
                     "benchmark": "swap_under_load",
                     "architecture": args.architecture,
+                    "app": args.app,
+                    "files": "the same file" if args.same_file else "distinct files (one metadata entry apart)",
                     "image_size": size,
                     "cpu_count": os.cpu_count(),
                     "concurrency": args.concurrency,

@@ -179,9 +179,11 @@ class OnnxModel:
     ``tile_shortcut``: for a mosaic model, score the mosaic of a thumbnail (one tile repeated)
     as that one tile, with ``tile_graph`` (a quarter of the work, the same numbers). For
     evaluating many thumbnails (the gate); not for timing what serving runs.
+    ``optimized``: ``path`` is a graph onnxruntime already optimised and saved in its own
+    format (``serving.optimized``): loaded as it is, without optimising it again.
     """
 
-    def __init__(self, path: Path | str, *, threads: int = 0, tile_shortcut: bool = False):
+    def __init__(self, path: Path | str, *, threads: int = 0, tile_shortcut: bool = False, optimized: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -190,7 +192,11 @@ class OnnxModel:
         else:
             options.intra_op_num_threads = threads or available_cores()
             options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimized:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.add_session_config_entry("session.load_model_format", "ORT")
+        else:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()

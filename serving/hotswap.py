@@ -33,11 +33,13 @@ from model.calibration import Label
 from model.card import METADATA_FILE, ModelCard, Variant
 from model.inference import OnnxModel, compare_canaries
 from model.registry import AliasRecord, Registry
+from serving import optimized
 from storage import NotFound, ObjectStore, StoreError
 
 log = logging.getLogger("aidetect.serving")
 
 LAST_GOOD = "last-good.json"
+OPTIMIZED_DIR = "optimized"  # in the cache folder: pre-optimised copies of the files (serving/optimized.py)
 # The FP32 file must reproduce the Keras outputs recorded at export to 1e-4; the INT8 file
 # its own outputs recorded at export (integer kernels differ slightly between CPUs), or, for
 # versions exported before those were recorded, the Keras outputs to within 0.25.
@@ -91,6 +93,7 @@ class ModelHolder:
         threads: int = 0,
         variant: Variant = "fp32",
         runner: Callable[[Callable[[], Any]], Any] | None = None,
+        preoptimize: bool = True,
     ):
         self.registry = Registry(store)
         self.cache_dir = cache_dir
@@ -101,6 +104,9 @@ class ModelHolder:
         # inference thread's runner, so those runs take turns with live batches instead of
         # competing with them for the cores.
         self.runner = runner or (lambda fn: fn())
+        # Sessions from a copy optimised in a child process (serving/optimized.py), built on the
+        # calling thread; False: from the exported file, optimised in process on the runner.
+        self.preoptimize = preoptimize
         self._release_pending = False
         self.current: LiveModel | None = None
         self.swaps = 0
@@ -198,26 +204,42 @@ class ModelHolder:
             canaries = self.registry.canaries(record.version)
         except NotFound:
             raise ModelRefused("missing", "the version has no canaries.npz") from None
-        model = self._open(path, card, canaries)
+        model = self._open(path, expected, card, canaries)
         (folder / METADATA_FILE).write_bytes(card.to_json())
         live = LiveModel(record.version, card, model, self.variant)
         self._remember(live, name)
         return live
 
-    def _open(self, path: Path, card: ModelCard, canaries: dict[str, np.ndarray] | None = None) -> OnnxModel:
-        """Build the session, check its shape, warm it up, run the canaries."""
-        model = self._session(path)
+    def _open(
+        self, path: Path, sha256: str, card: ModelCard, canaries: dict[str, np.ndarray] | None = None
+    ) -> OnnxModel:
+        """Build the session (from the file's pre-optimised copy if it can be had), check its shape,
+        warm it up, run the canaries. A copy that fails any of it is deleted and the file itself tried."""
+        copy = optimized.optimized_copy(path, sha256, self.cache_dir / OPTIMIZED_DIR) if self.preoptimize else None
+        if copy is not None:
+            try:
+                return self._checked(self._session(copy, optimized=True), card, canaries)
+            except ModelRefused:
+                optimized.discard(copy)
+        return self._checked(self._session(path), card, canaries)
+
+    def _checked(self, model: OnnxModel, card: ModelCard, canaries: dict[str, np.ndarray] | None) -> OnnxModel:
         _check_input(model, card)
         self._warm_up(model)
         if canaries is not None:
             self._check_canaries(model, canaries)
         return model
 
-    def _session(self, path: Path) -> OnnxModel:
+    def _session(self, path: Path, *, optimized: bool = False) -> OnnxModel:
         try:
-            # On the inference thread too: building a session uses the shared onnxruntime pool, and a
-            # live batch running beside it took 8x longer (116 ms instead of 14) here; taking turns
-            # costs the requests in flight one ~50 ms pause instead.
+            if optimized:
+                # On the calling (low-priority loader) thread: with no graph to optimise the build
+                # runs no kernels on the shared pool, and onnxruntime releases the GIL meanwhile,
+                # so live batches go on beside it.
+                return OnnxModel(path, threads=self.threads, optimized=True)
+            # Optimising in process runs kernels (constant folding) beside the live batches: a
+            # batch next to it took 8x longer (116 ms instead of 14) here; taking turns on the
+            # inference thread costs the requests in flight one ~50 ms pause instead.
             return self.runner(lambda: OnnxModel(path, threads=self.threads))
         except Exception as exc:  # onnxruntime raises its own exception types for broken graphs
             raise ModelRefused("load", f"onnxruntime cannot load it: {exc}") from None
@@ -272,10 +294,12 @@ class ModelHolder:
         tmp = self.cache_dir / (LAST_GOOD + ".part")
         tmp.write_text(json.dumps({"version": live.version, "file": name, "variant": live.variant}))
         tmp.replace(self.cache_dir / LAST_GOOD)
-        keep = {live.version, self.current.version if self.current else ""}
+        kept = [live, *([self.current] if self.current else [])]
+        keep = {each.version for each in kept} | {OPTIMIZED_DIR}
         for old in self.cache_dir.iterdir():  # keep the live and the newly good model only
             if old.is_dir() and old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
+        optimized.prune(self.cache_dir / OPTIMIZED_DIR, {model_file(each.card, each.variant)[1] for each in kept})
 
     def load_cached(self) -> bool:
         """Serve the last good model from local disk (used when the store is unreachable)."""
@@ -292,7 +316,7 @@ class ModelHolder:
             _, expected = model_file(card, self.variant)
             if _sha256(folder / name) != expected:
                 raise ModelRefused("checksum", "cached file does not match its sha256")
-            model = self._open(folder / name, card)
+            model = self._open(folder / name, expected, card)
         except (OSError, KeyError, ValueError, ModelRefused) as exc:
             log.error("cached model unusable: %s", exc)
             return False
