@@ -17,6 +17,23 @@ PLACEHOLDERS = frozenset(
 )
 
 
+REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+class InvalidReplicaId(ValueError):
+    """A replica id that is not a safe folder name."""
+
+
+def check_replica_id(value: str) -> str:
+    """``value`` if it is a safe folder name for a replica (1-63 letters, digits, ``.``, ``_``, ``-``)."""
+    if not REPLICA_ID.fullmatch(value):
+        raise InvalidReplicaId(
+            f"replica id {value!r} is not a safe folder name: 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (set AIDETECT_REPLICA_ID, or it is the hostname)"
+        )
+    return value
+
+
 class InsecureSettings(ValueError):
     """Settings that serving refuses to start with (outside the embedded default)."""
 
@@ -112,6 +129,16 @@ class Settings(BaseSettings):
         "the journal under 5 percent of the disk's time)",
     )
 
+    replicas_dir: Path | None = Field(
+        None,
+        description="a folder shared by all replicas (a volume): each keeps its journal, spool and outbox under "
+        "<dir>/<replica id>/, locked while it lives, and adopts a dead sibling's; unset = under the cache folder",
+    )
+    replica_id: str | None = Field(
+        None, description="this replica's folder under replicas_dir; unset = the hostname (in compose the container id)"
+    )
+    adopt_seconds: float = Field(60.0, gt=0, description="how often a replica looks for dead siblings to adopt")
+
     # feedback
     feedback_per_minute: float = Field(30, gt=0, description="feedback reports a minute per client (per replica)")
     feedback_burst: int = Field(10, ge=1, description="feedback reports a client may send at once")
@@ -147,6 +174,11 @@ class Settings(BaseSettings):
         if "://" in value and not value.startswith(("file://", "s3://")):
             raise ValueError(f"store_url must be a folder, file://... or s3://bucket/prefix, got {value!r}")
         return value
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica_id(cls, value: str | None) -> str | None:
+        return value if value is None else check_replica_id(value)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import threading
 from asyncio import Task
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +33,7 @@ from serving.metrics import Metrics, RequestMetricsMiddleware
 from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
+from serving.replicas import ReplicaFolder
 from serving.routes import api_router
 from serving.shared import sweep_expired
 from serving.state import ServingState
@@ -112,14 +114,19 @@ async def _open(settings: Settings, metrics: Metrics, draining: threading.Event)
     shadow = follow(settings.shadow_alias) if settings.shadow_alias else None
     for each in _holders(holder, shadow):
         await _start_holder(each, loader)
+    replica = None
+    if settings.replicas_dir is not None:  # unsent data on the shared volume, adopted if this replica dies
+        replica_id = settings.replica_id or socket.gethostname()
+        replica = await asyncio.to_thread(ReplicaFolder.claim, settings.replicas_dir, replica_id)
+    local = replica.folder if replica is not None else settings.cache_dir
     predlog = None
     if settings.prediction_log:
         journal = None
         if settings.log_journal:
-            journal = Journal(settings.cache_dir / "journal" / "predictions", settings.log_journal_commit_ms / 1000)
+            journal = Journal(local / "journal" / "predictions", settings.log_journal_commit_ms / 1000)
         predlog = PredictionLog(
             store,
-            settings.cache_dir / "spool" / "predictions",
+            local / "spool" / "predictions",
             flush_seconds=settings.log_flush_seconds,
             batch_size=settings.log_batch_size,
             journal=journal,
@@ -135,7 +142,8 @@ async def _open(settings: Settings, metrics: Metrics, draining: threading.Event)
         predlog=predlog,
         shadow=shadow,
         loader=loader,
-        outbox=Outbox(settings.cache_dir / "outbox" / "feedback"),
+        outbox=Outbox(local / "outbox" / "feedback"),
+        replica=replica,
         draining=draining,
         history=History(),
         feedback_limiter=RateLimiter(settings.feedback_per_minute, settings.feedback_burst),
@@ -171,6 +179,9 @@ def _background(state: ServingState, drift: DriftStatus) -> list[Task[None]]:
         tasks.append(asyncio.create_task(state.predlog.run(), name="prediction-log"))
     flush = partial(state.outbox.flush, store)  # also what an earlier run left behind
     tasks.append(every(settings.outbox_flush_seconds, flush, None, "feedback outbox flush", "outbox"))
+    if state.replica is not None:  # now (at start) and then now and then: dead siblings' unsent data
+        adopt = partial(state.replica.adopt_dead, state.predlog)
+        tasks.append(every(settings.adopt_seconds, adopt, None, "dead replica adoption", "adopt-replicas"))
     sweep = partial(sweep_expired, state)  # any replica may: deleting is idempotent
     tasks.append(every(settings.recent_sweep_seconds, sweep, None, "recent/ and history/ sweep", "sweep-recent"))
     return tasks
@@ -192,6 +203,8 @@ async def _close(state: ServingState, tasks: list[Task[None]]) -> None:
             await asyncio.to_thread(state.predlog.close)
         except Exception:
             log.exception("final prediction log flush failed; records stay spooled or journaled")
+    if state.replica is not None:
+        state.replica.release()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

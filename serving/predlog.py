@@ -97,6 +97,13 @@ class PredictionLog:
                 log.exception("prediction log: recovered records could not be spooled yet; they stay journaled")
         self.journal.start()
 
+    def log_again(self, records: list[PredictionRecord]) -> None:
+        """Log records another (dead) replica journaled; durable in the spool when this returns (else OSError)."""
+        with self._lock:
+            self._buffer = records + self._buffer
+        self.replayed_records += len(records)
+        self.flush()
+
     def close(self) -> None:
         """The last flush, then the journal's last commit (what is not yet spooled stays journaled)."""
         try:

@@ -27,6 +27,7 @@ from serving.metrics import Metrics
 from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
+from serving.replicas import ReplicaFolder
 from serving.shadow import shadow_for, shadow_score
 from serving.shared import StoreWrites
 from storage import ObjectStore
@@ -58,6 +59,7 @@ class ServingState:
     shadow_waiting: int = 0  # shadow scores waiting for the inference thread (serving.shadow)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     draining: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM (serving.server)
+    replica: ReplicaFolder | None = None  # this replica's folder on the shared volume (serving.replicas)
 
     def log_prediction(self, record: PredictionRecord, image: Image.Image, data: bytes, pixels: np.ndarray) -> None:
         """Journal the record as answered, finish it off the request path (statistics, shadow score), then buffer it."""
