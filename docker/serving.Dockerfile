@@ -2,6 +2,8 @@
 # The HTTP service: FastAPI + onnxruntime, no TensorFlow (the `serving` extra of pyproject.toml).
 # No model inside: every replica follows the registry alias (AIDETECT_MODEL_ALIAS, default
 # production) in the object store and caches the last good model under AIDETECT_HOME.
+# /var/lib/aidetect/replicas: the mount point of the volume shared by replicas (owned by the user,
+# so that a fresh named volume is too).
 #   docker build -f docker/serving.Dockerfile -t aidetect-serving .
 FROM python:3.11.14-slim-bookworm
 
@@ -11,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     AIDETECT_HOME=/var/lib/aidetect
 
 RUN groupadd --system --gid 10001 aidetect \
-    && useradd --system --uid 10001 --gid aidetect --home-dir /var/lib/aidetect --create-home aidetect
+    && useradd --system --uid 10001 --gid aidetect --home-dir /var/lib/aidetect --create-home aidetect \
+    && install -d -o aidetect -g aidetect /var/lib/aidetect/replicas
 
 WORKDIR /app
 # Dependencies first (cached while only code changes), every version from the lock.

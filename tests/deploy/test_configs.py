@@ -166,6 +166,14 @@ def test_volumes_are_named(compose: dict[str, Any]) -> None:
         )
 
 
+def test_serving_replicas_share_a_named_volume_for_unsent_data(compose: dict[str, Any]) -> None:
+    """Each replica's journal, spool and outbox outlive its container: a live replica adopts them."""
+    serving = compose["services"]["serving"]
+    folder = serving["environment"]["AIDETECT_REPLICAS_DIR"]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in serving.get("volumes", [])}
+    assert mounts.get(folder) in set(compose.get("volumes") or {}), f"serving: {folder} is not a named volume"
+
+
 def test_gpu_worker_reserves_a_gpu_under_a_profile(compose: dict[str, Any]) -> None:
     gpu = compose["services"]["worker-gpu"]
     assert gpu.get("profiles") == ["gpu"], "worker-gpu must be opt-in (profile gpu)"
