@@ -157,12 +157,22 @@ PRESETS: dict[str, ModelConfig] = {
         _LITE0_SWIN, name="effnet-lite2-swin", backbone="efficientnet-lite2", image_size=256, swin_window=8
     ),
     "effnet-lite0": ModelConfig(
-        name="effnet-lite0", backbone="efficientnet-lite0", image_size=224, head="pool", dropout=0.2,
-        mean=LITE_MEAN, std=LITE_STD,
+        name="effnet-lite0",
+        backbone="efficientnet-lite0",
+        image_size=224,
+        head="pool",
+        dropout=0.2,
+        mean=LITE_MEAN,
+        std=LITE_STD,
     ),
     "effnet-lite2": ModelConfig(
-        name="effnet-lite2", backbone="efficientnet-lite2", image_size=256, head="pool", dropout=0.2,
-        mean=LITE_MEAN, std=LITE_STD,
+        name="effnet-lite2",
+        backbone="efficientnet-lite2",
+        image_size=256,
+        head="pool",
+        dropout=0.2,
+        mean=LITE_MEAN,
+        std=LITE_STD,
     ),
     # Plain backbones with a pooled head: baselines and alternatives.
     "effnet-b0": ModelConfig(name="effnet-b0", backbone="efficientnetb0", image_size=224, head="pool", dropout=0.2),

@@ -102,9 +102,7 @@ def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def read_window(
-    store: ObjectStore, start: datetime, end: datetime, model_version: str | None = None
-) -> pd.DataFrame:
+def read_window(store: ObjectStore, start: datetime, end: datetime, model_version: str | None = None) -> pd.DataFrame:
     """Predictions logged in ``[start, end)`` (by ``model_version`` if given), from the hourly files.
 
     Only the hour folders that can hold such rows are listed: a batch file sits in the hour of its

@@ -13,9 +13,7 @@ from tests.helpers import image_bytes
 def _run(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "AIDETECT_HOME": str(home)}
     env.pop("AIDETECT_STORE_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_data_import_reports_taken_and_skipped_files(tmp_path: Path) -> None:
