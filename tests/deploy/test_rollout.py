@@ -164,7 +164,8 @@ class Containers:
         command = list(self.command)
         command[command.index("--host") + 1] = address
         command[command.index("--port") + 1] = str(self.port)
-        env = {**self.env, **self.image_env, "AIDETECT_HOME": str(home)}
+        # each container has its own hostname, which is its replica id (AIDETECT_REPLICAS_DIR)
+        env = {**self.env, **self.image_env, "AIDETECT_HOME": str(home), "AIDETECT_REPLICA_ID": name}
         self.dns.add("serving", address)  # Docker registers the name when the container starts
         with open(self.tmp / f"{name}.log", "wb") as log:
             self.processes[name] = subprocess.Popen(  # noqa: S603
