@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import hashlib
 import json
 import logging
 import shutil
@@ -34,6 +33,7 @@ from model.card import METADATA_FILE, ModelCard, Variant
 from model.inference import OnnxModel, compare_canaries
 from model.registry import AliasRecord, Registry
 from serving import optimized
+from serving.optimized import sha256_file
 from storage import NotFound, ObjectStore, StoreError
 
 log = logging.getLogger("aidetect.serving")
@@ -194,9 +194,9 @@ class ModelHolder:
         name, expected = model_file(card, self.variant)
         folder = self.cache_dir / record.version
         path = folder / name
-        if not path.is_file() or _sha256(path) != expected:
+        if not path.is_file() or sha256_file(path) != expected:
             self.registry.download(record.version, name, path)
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if digest != expected:
             path.unlink(missing_ok=True)
             raise ModelRefused("checksum", f"downloaded file has sha256 {digest[:12]}, registry says {expected[:12]}")
@@ -314,7 +314,7 @@ class ModelHolder:
             if cached.get("variant", "fp32") != self.variant:
                 raise ModelRefused("missing", f"cached file is {cached.get('variant')}, serving wants {self.variant}")
             _, expected = model_file(card, self.variant)
-            if _sha256(folder / name) != expected:
+            if sha256_file(folder / name) != expected:
                 raise ModelRefused("checksum", "cached file does not match its sha256")
             model = self._open(folder / name, expected, card)
         except (OSError, KeyError, ValueError, ModelRefused) as exc:
@@ -340,11 +340,3 @@ def _malloc_trim() -> bool:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         return False
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

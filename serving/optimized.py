@@ -47,7 +47,7 @@ def optimized_copy(source: Path, sha256: str, cache: Path, *, timeout: float = O
     """
     target = cache / cache_key(sha256)
     digest = _digest_file(target)
-    if target.is_file() and digest.is_file() and digest.read_text() == _sha256(target):
+    if target.is_file() and digest.is_file() and digest.read_text() == sha256_file(target):
         return target
     discard(target)
     cache.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def optimized_copy(source: Path, sha256: str, cache: Path, *, timeout: float = O
         part.unlink(missing_ok=True)
         log.warning("could not pre-optimise %s: %s", source.name, result.stderr.strip()[-500:])
         return None
-    _digest_file(part).write_text(_sha256(part))
+    _digest_file(part).write_text(sha256_file(part))
     part.replace(target)
     _digest_file(part).replace(digest)
     return target
@@ -90,7 +90,8 @@ def _digest_file(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's sha256 (hex), read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
