@@ -139,3 +139,10 @@ def agreed_report(store: ObjectStore, seed: int = 7) -> str:
         )
         save_feedback(store, record)
     return sha
+
+
+# HAProxy tests (real haproxy, no Docker): skipped only outside CI when it is not installed
+needs_haproxy = pytest.mark.skipif(
+    not os.environ.get("CI") and not any((Path(p) / "haproxy").exists() for p in os.environ["PATH"].split(":")),
+    reason="haproxy is not installed (`make tools` installs it; CI fails instead of skipping)",
+)

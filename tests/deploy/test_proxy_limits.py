@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.test_rollout import HAPROXY_CFG, deployment, haproxy, needs_haproxy, wait_until
+from tests.deploy.test_rollout import HAPROXY_CFG, deployment, haproxy, wait_until
 from tests.deploy.test_services import COMPOSE, make_dotenv
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, needs_haproxy
 
 FEEDBACK_PER_MINUTE, PREDICT_PER_10S = 4, 5
 OTHER_CLIENT = "127.0.0.250"

@@ -49,17 +49,12 @@ from tests.deploy.test_services import (
     service_env,
     tail,
 )
-from tests.helpers import free_port, image_bytes
+from tests.helpers import free_port, image_bytes, needs_haproxy
 from tests.load import ClientThreads
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
-
-needs_haproxy = pytest.mark.skipif(
-    not os.environ.get("CI") and not any((Path(p) / "haproxy").exists() for p in os.environ["PATH"].split(":")),
-    reason="haproxy is not installed (`make tools` installs it; CI fails instead of skipping)",
-)
 
 
 # --- Docker's embedded DNS -----------------------------------------------------------------------

@@ -11,7 +11,6 @@ Also in-process: the sweeper's retention rule, and a store that fails on the pre
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import time
@@ -32,14 +31,9 @@ from serving.recent import RecentPrediction, save_heatmap, save_prediction
 from serving.shared import sweep
 from storage import LocalStore, StoreUnavailable
 from storage.layout import history_prefix, new_prediction_id
-from tests.helpers import free_port, image_bytes, serving_process, wait_http
+from tests.helpers import free_port, image_bytes, needs_haproxy, serving_process, wait_http
 from tests.serving.test_browser import synthetic_image
 from tests.serving.test_hardening import mean_model_store, settings_for
-
-needs_haproxy = pytest.mark.skipif(
-    not os.environ.get("CI") and not any((Path(p) / "haproxy").exists() for p in os.environ["PATH"].split(":")),
-    reason="haproxy is not installed (`make tools` installs it; CI fails instead of skipping)",
-)
 
 # Everything but a prediction goes to B: what B answers, it can only have found in the store.
 PROXY_CFG = """
