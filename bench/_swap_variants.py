@@ -10,6 +10,7 @@ its p99 ratio is the noise floor of the measurement on this machine.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -19,7 +20,9 @@ import serving.app
 from model.registry import AliasRecord
 from serving.hotswap import LiveModel, ModelHolder
 
-SLEEP_SWAP_S = 0.5
+# how long a "swap" sleeps; match it to real swaps under the bench's load (about 2 s here) so the
+# windows have the same length (the overlap split's length bias grows with the windows)
+SLEEP_SWAP_S = float(os.environ.get("AIDETECT_BENCH_SLEEP_SWAP_S", "0.5"))
 
 
 class _InProcess(ModelHolder):

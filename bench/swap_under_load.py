@@ -121,10 +121,16 @@ def first_answers(result: LoadResult, swaps: list[Swap]) -> None:
         swap.answered_at = first.get(swap.version)
 
 
-def split_by_windows(result: LoadResult, swaps: list[Swap]) -> tuple[list[float], list[float]] | None:
+def split_by_windows(
+    result: LoadResult, swaps: list[Swap], by_start: bool = False
+) -> tuple[list[float], list[float]] | None:
     """Latencies of requests overlapping a swap window (promotion to first new answer + tail), and of the
     rest of the same phase: the steady requests interleaved with the swaps, so that the machine's
-    drifting speed (shared and noisy) affects both alike."""
+    drifting speed (shared and noisy) affects both alike.
+
+    Overlap is length-biased: a slow request overlaps a window more often than a fast one, so the
+    overlapping set has a longer tail even when a swap costs nothing (``sleep_app`` measures how much).
+    ``by_start`` classifies each request by when it was sent instead, which has no such bias."""
     if len(result.versions) != len(result.latencies):  # every answer names its version; if not, skip
         return None
     windows = [
@@ -132,8 +138,12 @@ def split_by_windows(result: LoadResult, swaps: list[Swap]) -> tuple[list[float]
     ]
     inside, outside = [], []
     for latency, (answered, _) in zip(result.latencies, result.versions, strict=True):
-        overlaps = any(answered - latency <= end and answered >= start for start, end in windows)
-        (inside if overlaps else outside).append(latency)
+        sent = answered - latency
+        if by_start:
+            hit = any(start <= sent <= end for start, end in windows)
+        else:
+            hit = any(sent <= end and answered >= start for start, end in windows)
+        (inside if hit else outside).append(latency)
     return sorted(inside), sorted(outside)
 
 
@@ -211,6 +221,8 @@ async def bench(args: argparse.Namespace, server: Server, store: Path, model_dir
     inside, outside = split
     windows, between = _summary(inside), _summary(outside)
     p99_ratio = windows["p99_ms"] / between["p99_ms"]
+    sent_in, sent_out = split_by_windows(during, timed, by_start=True) or ([], [])
+    sent_windows, sent_between = _summary(sent_in), _summary(sent_out)
     phase_ratio = during_summary["p99_ms"] / steady_summary["p99_ms"]
     timed_seconds = [s.seconds for s in timed if s.seconds is not None]
     all_swaps = timed + untimed
@@ -228,6 +240,9 @@ async def bench(args: argparse.Namespace, server: Server, store: Path, model_dir
         "between_swaps": {"definition": "the other requests of phase 2, interleaved with the swaps", **between},
         "p99_ratio": round(p99_ratio, 3),
         "p99_ratio_definition": "swap windows p99 / between-swaps p99 (same phase, interleaved)",
+        "sent_in_windows": {"definition": "requests sent inside a swap window (no length bias)", **sent_windows},
+        "sent_between_swaps": {"definition": "the other requests of phase 2, by when they were sent", **sent_between},
+        "p99_ratio_by_send_time": round(sent_windows["p99_ms"] / sent_between["p99_ms"], 3),
         "phase_p99_ratio": round(phase_ratio, 3),
         "phase_p99_ratio_definition": "all of phase 2 / phase 1 (sequential: includes the machine's drift)",
         "swaps_timed": len(timed),
