@@ -64,12 +64,12 @@ class Settings(BaseSettings):
         "",
         description="object store: a folder path or file:// URL (embedded default), or s3://bucket/prefix",
     )
-    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto); None for AWS")
-    s3_region: str = "us-east-1"
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto); unset for AWS")
+    s3_region: str = Field("us-east-1", description="S3 region (of the bucket, for AWS)")
 
     # serving
-    model_alias: str = PRODUCTION_ALIAS
-    alias_poll_seconds: float = Field(2.0, gt=0)
+    model_alias: str = Field(PRODUCTION_ALIAS, description="the registry alias serving follows (and hot-swaps to)")
+    alias_poll_seconds: float = Field(2.0, gt=0, description="how often serving reads its alias for a new version")
     drift_poll_seconds: float = Field(
         60.0, gt=0, description="how often the latest drift report (reports/drift/latest.json) is read for /metrics"
     )
@@ -154,6 +154,12 @@ class Settings(BaseSettings):
         "after its last renewal; the holder renews it every quarter of this, so a crashed run frees the flow "
         "within this time, and a holder cut off from the store this long stops before registering or promoting",
     )
+    notify_webhook_url: SecretStr | None = Field(
+        None,
+        description="http(s) URL the Prefect automations post drift, blessed or rejected challengers and failed "
+        "flow runs to, as JSON (flows/notifications.py; applied by `aidetect deploy` and `aidetect up`); "
+        "unset = no automations",
+    )
 
     # process
     build: str = Field("dev", description="the code this process runs (the image's git sha); in /healthz")
@@ -173,6 +179,19 @@ class Settings(BaseSettings):
     def _known_scheme(cls, value: str) -> str:
         if "://" in value and not value.startswith(("file://", "s3://")):
             raise ValueError(f"store_url must be a folder, file://... or s3://bucket/prefix, got {value!r}")
+        return value
+
+    @field_validator("notify_webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return None  # compose passes an unset .env value as ""
+            if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
+                raise ValueError("notify_webhook_url must be an http:// or https:// URL")
         return value
 
     @field_validator("replica_id")

@@ -1,7 +1,8 @@
 """``aidetect deploy`` and ``make up``: the deployments, and the long-running local stack.
 
 ``deploy`` creates the ``cpu`` and ``gpu`` work pools (process type) when they are missing
-and registers every deployment in ``prefect.yaml`` with ``prefect deploy --all``.
+and registers every deployment in ``prefect.yaml`` with ``prefect deploy --all``, then the
+automations that notify AIDETECT_NOTIFY_WEBHOOK_URL (``flows.notifications``; none when unset).
 
 ``up`` runs the embedded default for good: a Prefect server with its UI, the deployments,
 one worker per pool and serving, all on 127.0.0.1, sharing one local folder store. It
@@ -47,7 +48,7 @@ def wait_http(url: str, timeout: float, what: str, process: subprocess.Popen[byt
 
 
 def deploy(env: dict[str, str], log: IO[bytes] | None = None) -> None:
-    """Work pools (if missing), then ``prefect deploy --all`` from the project root."""
+    """Work pools (if missing), ``prefect deploy --all`` from the project root, the notifications."""
     for pool in POOLS:
         found = subprocess.run(  # noqa: S603 - fixed arguments, this venv's prefect
             [_bin("prefect"), "work-pool", "inspect", pool], env=env, capture_output=True, cwd=ROOT, check=False
@@ -63,6 +64,16 @@ def deploy(env: dict[str, str], log: IO[bytes] | None = None) -> None:
             )
     subprocess.run(  # noqa: S603 - fixed arguments, this venv's prefect
         [_bin("prefect"), "--no-prompt", "deploy", "--all"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        stdout=log,
+        stderr=subprocess.STDOUT if log is not None else None,
+    )
+    # the automations that post drift, challenger verdicts and failed runs to
+    # AIDETECT_NOTIFY_WEBHOOK_URL (none when it is unset)
+    subprocess.run(  # noqa: S603 - fixed arguments, this interpreter
+        [sys.executable, "-m", "flows.notifications"],
         env=env,
         cwd=ROOT,
         check=True,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from aidetect.settings import get_settings
@@ -34,8 +35,14 @@ from flows.train import MIN_DATASET_SHARE, check_weights, fetch_trained, run_tra
 from flows.validate import Validation, drift_reference, make_plots, validate_challenger
 from model.card import ModelCard
 from model.config import DEFAULT_ARCHITECTURE, ModelConfig
+from model.gate import Verdict
 from model.imagesets import ImageSet
 from storage.layout import new_version_id
+
+# The gate's verdict on a challenger, as a Prefect event about aidetect.model.<version>
+# (flows/notifications.py tells a person about both).
+CHALLENGER_BLESSED = "aidetect.challenger.blessed"
+CHALLENGER_REJECTED = "aidetect.challenger.rejected"
 
 
 @flow(name="retrain", log_prints=True)
@@ -244,4 +251,44 @@ def _register_and_promote(
         held.check()
         promote(plan.store_url, version, plan.alias, f"retrain: accuracy {validation.metrics['accuracy']:.4f}")
         get_run_logger().info("promoted %s to %s", version, plan.alias)
+    announce_verdict(
+        version, plan.alias, card, validation.verdict, validation.metrics, validation.champion_metrics, promoted
+    )
     return version, promoted
+
+
+def _scalars(metrics: dict[str, Any] | None) -> dict[str, float] | None:
+    """The top-level numbers of a metrics dict (no confusion counts, slices or regression sets)."""
+    if metrics is None:
+        return None
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in numbers.items()}
+
+
+def announce_verdict(
+    version: str,
+    alias: str,
+    card: ModelCard,
+    verdict: Verdict,
+    metrics: dict[str, Any],
+    champion_metrics: dict[str, Any] | None,
+    promoted: bool,
+) -> None:
+    """``aidetect.challenger.blessed`` or ``.rejected`` about the new version, with what a person needs
+    (``flows.notifications`` turns it into a message)."""
+    emit_event(
+        event=CHALLENGER_BLESSED if verdict.blessed else CHALLENGER_REJECTED,
+        resource={"prefect.resource.id": f"aidetect.model.{version}", "aidetect.alias": alias},
+        payload={
+            "version": version,
+            "alias": alias,
+            "champion": card.parent_version,
+            "trigger": card.trigger,
+            "blessed": verdict.blessed,
+            "promoted": promoted,
+            "reasons": verdict.reasons,
+            "notes": verdict.notes,
+            "metrics": _scalars(metrics),
+            "champion_metrics": _scalars(champion_metrics),
+        },
+    )
