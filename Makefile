@@ -29,13 +29,13 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-# promtool and haproxy for tests/deploy (Debian's prometheus and haproxy packages; hadolint and
-# actionlint come from the dev extra). Only the binaries are used: no service is enabled.
+# promtool, amtool and haproxy for tests/deploy (Debian's prometheus, prometheus-alertmanager and
+# haproxy packages; hadolint and actionlint come from the dev extra). Only the binaries are used.
 tools:
-	@command -v promtool >/dev/null && command -v haproxy >/dev/null || { \
-	  echo "installing promtool and haproxy for the deploy tests (apt-get)"; \
+	@command -v promtool >/dev/null && command -v amtool >/dev/null && command -v haproxy >/dev/null || { \
+	  echo "installing promtool, amtool and haproxy for the deploy tests (apt-get)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus haproxy >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager haproxy >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check .
