@@ -58,14 +58,22 @@ class Policy:
 def configured_policy(
     settings: Settings | None = None, *, min_agreeing_clients: int | None = None, max_per_client: int | None = None
 ) -> Policy:
-    """The policy the settings give, with any number passed here taking their place."""
+    """The policy the settings give, with any number passed here taking their place.
+
+    The one way to build the policy that is in force: serving (report statuses), the
+    ``gather-feedback`` flow and ``aidetect feedback review`` all call it, so a change of
+    ``AIDETECT_FEEDBACK_*`` reaches each of them; a number passed here overrides it for that call
+    only (0 is refused, never taken for "unset").
+    """
     if settings is None:
         from aidetect.settings import get_settings
 
         settings = get_settings()
     return Policy(
-        min_agreeing_clients=min_agreeing_clients or settings.feedback_min_agreeing_clients,
-        max_per_client=max_per_client or settings.feedback_max_per_client,
+        min_agreeing_clients=settings.feedback_min_agreeing_clients
+        if min_agreeing_clients is None
+        else min_agreeing_clients,
+        max_per_client=settings.feedback_max_per_client if max_per_client is None else max_per_client,
     )
 
 

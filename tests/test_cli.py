@@ -40,9 +40,9 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     bad_limit = _run(["data", "import", str(tmp_path), "--name", "x", "--limit-per-class", "0"], tmp_path / "home")
     assert bad_limit.returncode == 2 and "positive integer" in bad_limit.stderr
     unknown = _run(["model", "promote", "no-such-version"], tmp_path / "home")
-    assert unknown.returncode == 2 and "not registered" in unknown.stderr
+    assert unknown.returncode == 1 and "not registered" in unknown.stderr  # runtime errors: 1
     no_rollback = _run(["model", "rollback"], tmp_path / "home")
-    assert no_rollback.returncode == 2 and "no previous version" in no_rollback.stderr
+    assert no_rollback.returncode == 1 and "no previous version" in no_rollback.stderr
     bad_store = subprocess.run(
         [sys.executable, "-m", "cli", "data", "list"],
         capture_output=True,
@@ -50,7 +50,8 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
         env={**os.environ, "AIDETECT_STORE_URL": "ftp://host/x"},
         timeout=60,
     )
-    assert bad_store.returncode == 2 and "store_url" in bad_store.stderr
+    assert bad_store.returncode == 1 and "AIDETECT_STORE_URL='ftp://host/x'" in bad_store.stderr
+    assert "store_url must be a folder" in bad_store.stderr and "Traceback" not in bad_store.stderr
 
 
 def test_feedback_review_lists_accepts_and_refuses_unknown_ids(tmp_path: Path) -> None:
@@ -77,7 +78,7 @@ def test_feedback_review_lists_accepts_and_refuses_unknown_ids(tmp_path: Path) -
     assert rest.returncode == 0 and "rejected 2 report(s)" in rest.stdout
     assert _run(["feedback", "review", "list"], home).stdout == ""
     unknown = _run(["feedback", "review", "accept", "nope"], home)
-    assert unknown.returncode == 2 and "no feedback report 'nope'" in unknown.stderr
+    assert unknown.returncode == 1 and "no feedback report 'nope'" in unknown.stderr
 
 
 def test_predict_scores_files_with_the_registry_model(tmp_path: Path) -> None:
@@ -104,7 +105,7 @@ def test_predict_scores_files_with_the_registry_model(tmp_path: Path) -> None:
     files = [str(tmp_path / n) for n in ("bright.png", "dark.png")]
 
     no_model = predict(*files)
-    assert no_model.returncode == 2 and "names no model yet" in no_model.stderr
+    assert no_model.returncode == 1 and "names no model yet" in no_model.stderr
     registry = Registry(store)
     version = register_onnx(registry, mean_brightness_model(tmp_path / "mean.onnx"))
     registry.promote(version, reason="test")
@@ -124,7 +125,7 @@ def test_predict_scores_files_with_the_registry_model(tmp_path: Path) -> None:
     missing = predict(str(tmp_path / "nowhere.jpg"))
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
     unknown = predict(*files, "--version", "no-such-version")
-    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
 
 
 def test_model_evaluate_runs_the_gates_evaluation_on_a_labelled_folder(tmp_path: Path) -> None:
@@ -176,13 +177,13 @@ def test_model_evaluate_runs_the_gates_evaluation_on_a_labelled_folder(tmp_path:
 
     empty = tmp_path / "empty"
     (empty / "ai").mkdir(parents=True)
-    for args, words in (
-        ((version, "--data", str(tmp_path / "nowhere")), "no such file or folder"),
-        (("no-such-version", "--data", str(data)), "no model version 'no-such-version'"),
-        ((version, "--data", str(empty)), "no images under ai/ or real/"),
+    for args, words, code in (
+        ((version, "--data", str(tmp_path / "nowhere")), "no such file or folder", 2),  # usage: what was typed
+        (("no-such-version", "--data", str(data)), "no model version 'no-such-version'", 1),  # runtime
+        ((version, "--data", str(empty)), "no images under ai/ or real/", 1),
     ):
         failed = evaluate(*args, "--out", str(out))
-        assert failed.returncode == 2 and words in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+        assert failed.returncode == code and words in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
 
 
 def test_lock_show_lists_locks_and_clear_refuses_a_live_one_without_force(tmp_path: Path) -> None:
@@ -221,7 +222,7 @@ def test_lock_show_lists_locks_and_clear_refuses_a_live_one_without_force(tmp_pa
     assert _run(["lock", "show", "gather"], home).stdout == "gather\tfree\n"
 
     refused = _run(["lock", "clear", "retrain"], home)
-    assert refused.returncode == 2 and "retrain is live (retrain r2" in refused.stderr and "--force" in refused.stderr
+    assert refused.returncode == 1 and "retrain is live (retrain r2" in refused.stderr and "--force" in refused.stderr
     assert "Traceback" not in refused.stderr and read_lease(store, "retrain") == live
     cleared = _run(["lock", "clear", "drift"], home)
     assert cleared.returncode == 0 and cleared.stdout.startswith("cleared drift (stale: drift r1")
@@ -230,5 +231,5 @@ def test_lock_show_lists_locks_and_clear_refuses_a_live_one_without_force(tmp_pa
     assert "warning: retrain was live (retrain r2" in forced.stderr
     assert list(store.list("locks/")) == []
     missing = _run(["lock", "clear", "retrain"], home)
-    assert missing.returncode == 2 and "no lock 'retrain'" in missing.stderr
+    assert missing.returncode == 1 and "no lock 'retrain'" in missing.stderr
     assert _run(["lock", "show"], home).stderr == "no locks: every flow is free\n"
