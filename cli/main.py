@@ -818,6 +818,65 @@ def config_reference(
     print(f"{write}: configuration reference {'updated' if updated != text else 'already up to date'}")
 
 
+# --- notify ---------------------------------------------------------------------------------
+
+notify_app = _group("Prefect automations that post drift, challenger verdicts and failed runs to a webhook")
+app.add_typer(notify_app, name="notify")
+
+
+def _prefect_api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise Failure("PREFECT_API_URL is not set: point it at the Prefect server whose automations to change")
+    return str(url)
+
+
+@notify_app.command("apply")
+def notify_apply(
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(
+            help="the http(s) URL to post to (a URL given here shows in the process list: prefer the setting)",
+            show_default="$AIDETECT_NOTIFY_WEBHOOK_URL",
+        ),
+    ] = None,
+) -> None:
+    """Create or update the automations on the Prefect server (`aidetect deploy` does it too)."""
+    from pydantic import ValidationError
+
+    if webhook_url is not None:
+        try:
+            secret = Settings(notify_webhook_url=webhook_url).notify_webhook_url
+        except ValidationError as exc:
+            mine = [e for e in exc.errors() if tuple(e["loc"][:1]) == ("notify_webhook_url",)]
+            if not mine:  # another setting is wrong
+                raise
+            raise UsageError(f"--webhook-url: {mine[0]['msg'].removeprefix('Value error, ')}") from None
+    else:
+        secret = get_settings().notify_webhook_url
+    if secret is None:
+        raise Failure("no webhook: set AIDETECT_NOTIFY_WEBHOOK_URL (or pass --webhook-url)")
+    api = _prefect_api_url()
+    from flows.notifications import apply_notifications
+
+    names = apply_notifications(secret.get_secret_value())
+    print(f"{len(names)} automations on {api} post to the webhook:")
+    for name in names:
+        print(f"  {name}")
+
+
+@notify_app.command("remove")
+def notify_remove() -> None:
+    """Delete the automations and the webhook block from the Prefect server."""
+    api = _prefect_api_url()
+    from flows.notifications import remove_notifications
+
+    removed = remove_notifications()
+    print(f"removed {len(removed)} automations from {api}" + "".join(f"\n  {name}" for name in removed))
+
+
 # --- errors and the entry point -------------------------------------------------------------
 
 
@@ -831,7 +890,8 @@ def _settings_problem(exc: Any) -> str:
         where = env_name(field, Settings.model_fields[field]) if field in Settings.model_fields else field
         message = str(error.get("msg", "")).removeprefix("Value error, ")
         value = error.get("input")
-        shown = f"={value!r}" if isinstance(value, str | int | float) and "token" not in field else ""
+        secret = field in Settings.model_fields and "SecretStr" in str(Settings.model_fields[field].annotation)
+        shown = f"={value!r}" if isinstance(value, str | int | float) and not secret else ""
         parts.append(f"{where}{shown}: {message}")
     return "invalid settings: " + "; ".join(parts)
 

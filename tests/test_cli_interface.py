@@ -300,3 +300,49 @@ def test_the_feedback_policy_has_one_source(capsys: pytest.CaptureFixture[str], 
     assert configured_policy(get_settings()) == configured_policy() == Policy(3, 7)
     with pytest.raises(ValueError, match="at least 1"):
         configured_policy(min_agreeing_clients=0)  # never silently the default
+
+
+def test_notify_apply_and_remove_the_automations(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, prefect_api: None
+) -> None:
+    from prefect import get_client
+
+    from flows.notifications import AUTOMATION_PREFIX, NOTICES
+
+    def ours() -> list[str]:
+        with get_client(sync_client=True) as client:
+            return sorted(a.name for a in client.read_automations() if a.name.startswith(AUTOMATION_PREFIX))
+
+    code, _, err = run(capsys, "notify", "apply")
+    assert code == 1 and "no webhook: set AIDETECT_NOTIFY_WEBHOOK_URL" in err
+    code, _, err = run(capsys, "notify", "apply", "--webhook-url", "ftp://hooks.example.com/x")
+    assert code == 2 and "--webhook-url: notify_webhook_url must be an http:// or https:// URL" in err
+    assert ours() == []
+
+    monkeypatch.setenv("AIDETECT_NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/hooks/aidetect?token=secret")
+    try:
+        code, out, err = run(capsys, "notify", "apply")
+        assert code == 0, err
+        assert out.startswith(f"{len(NOTICES)} automations on http://") and "secret" not in out
+        assert ours() == sorted(AUTOMATION_PREFIX + n.name for n in NOTICES)
+        assert [line.strip() for line in out.splitlines()[1:]] == [AUTOMATION_PREFIX + n.name for n in NOTICES]
+    finally:
+        code, out, _ = run(capsys, "notify", "remove")
+    assert code == 0 and out.startswith(f"removed {len(NOTICES)} automations from http://")
+    assert ours() == []
+
+
+def test_notify_needs_a_prefect_api(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("AIDETECT_", "PREFECT_"))}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "AIDETECT_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "notify", "apply", "--webhook-url", "https://hooks.example.com/x"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1 and result.stderr == (
+        "aidetect: error: PREFECT_API_URL is not set: point it at the Prefect server whose automations to change\n"
+    )
