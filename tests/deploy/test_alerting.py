@@ -156,6 +156,9 @@ def test_compose_runs_alertmanager_with_the_entrypoint_and_prometheus_uses_it() 
         "environment"
     ].get("AIDETECT_ALERT_WEBHOOK_URL", "")
     assert "AIDETECT_ALERT_WEBHOOK_URL" in _env_example()
+    # empty in .env: an empty string (an unquoted ${X:-} would be YAML's null), for both webhooks
+    assert env["AIDETECT_ALERT_WEBHOOK_URL"] == ""
+    assert compose["services"]["prefect-deploy"]["environment"]["AIDETECT_NOTIFY_WEBHOOK_URL"] == ""
     # Prometheus sends to it, on the port it listens on
     prometheus = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     targets = [t for am in prometheus["alerting"]["alertmanagers"] for c in am["static_configs"] for t in c["targets"]]
