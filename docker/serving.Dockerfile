@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The HTTP service: FastAPI + onnxruntime, no TensorFlow (the `serving` extra of pyproject.toml).
+# The HTTP service: FastAPI + onnxruntime, no TensorFlow (the `serve` extra of pyproject.toml).
 # No model inside: every replica follows the registry alias (AIDETECT_MODEL_ALIAS, default
 # production) in the object store and caches the last good model under AIDETECT_HOME.
 # /var/lib/aidetect/replicas: the mount point of the volume shared by replicas (owned by the user,
@@ -26,7 +26,7 @@ COPY model ./model
 COPY serving ./serving
 COPY feedback ./feedback
 COPY flows ./flows
-RUN pip install --no-cache-dir -c requirements.lock ".[serving]" \
+RUN pip install --no-cache-dir -c requirements.lock ".[serve]" \
     && python -c "import serving.app, onnxruntime, prometheus_client" \
     && ! python -c "import tensorflow" 2>/dev/null
 

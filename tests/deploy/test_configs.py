@@ -323,20 +323,13 @@ def test_serving_image_has_no_tensorflow() -> None:
     installs = " ".join(re.findall(r"pip install[^&;]*", runs))
     assert "tensorflow" not in installs.lower() and "[flows" not in installs and "[train" not in installs
     extras = re.findall(r"\.\[([\w,-]+)\]", installs)
-    assert extras == ["serving"], extras
+    assert extras == ["serve"], extras
     # ...and the extra it installs does not pull TensorFlow in, directly or through another extra.
     import tomllib
 
-    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    from deploy.requirements import requirements
 
-    def expand(extra: str) -> list[str]:
-        out = []
-        for req in optional[extra]:
-            nested = re.fullmatch(r"aidetect\[([\w,-]+)\]", req)
-            out += [r for e in nested[1].split(",") for r in expand(e)] if nested else [req]
-        return out
-
-    serving_reqs = expand("serving")
+    serving_reqs = requirements(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"], ["serve"])
     assert not [r for r in serving_reqs if re.match(r"(tensorflow|keras|tf2onnx|jax)", r)], serving_reqs
     assert any(r.startswith(("prometheus-client", "prometheus_client")) for r in serving_reqs)
     assert '! python -c "import tensorflow"' in text, "the build must prove TensorFlow is absent"
