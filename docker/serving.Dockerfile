@@ -17,8 +17,15 @@ RUN groupadd --system --gid 10001 aidetect \
     && install -d -o aidetect -g aidetect /var/lib/aidetect/replicas
 
 WORKDIR /app
-# Dependencies first (cached while only code changes), every version from the lock.
-COPY pyproject.toml requirements.lock README.md ./
+# The locked third-party dependencies first, in a layer of their own: it is rebuilt only when
+# pyproject.toml or requirements.lock change, never for a commit that changes only code.
+COPY pyproject.toml requirements.lock ./
+COPY deploy/requirements.py ./deploy/
+RUN python deploy/requirements.py serve > /tmp/requirements.txt \
+    && pip install --no-cache-dir -c requirements.lock -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+# Then the code, and the package itself on top (--no-deps: everything it needs is above).
+COPY README.md ./
 COPY aidetect ./aidetect
 COPY cli ./cli
 COPY storage ./storage
@@ -26,7 +33,7 @@ COPY model ./model
 COPY serving ./serving
 COPY feedback ./feedback
 COPY flows ./flows
-RUN pip install --no-cache-dir -c requirements.lock ".[serve]" \
+RUN pip install --no-cache-dir -c requirements.lock --no-deps . \
     && python -c "import serving.app, onnxruntime, prometheus_client" \
     && ! python -c "import tensorflow" 2>/dev/null
 

@@ -26,7 +26,19 @@ RUN groupadd --system --gid 10001 aidetect \
     && useradd --system --uid 10001 --gid aidetect --home-dir /var/lib/aidetect --create-home aidetect
 
 WORKDIR /app
-COPY pyproject.toml requirements.lock README.md prefect.yaml ./
+# The locked third-party dependencies first, in a layer of their own: it is rebuilt only when
+# pyproject.toml or requirements.lock change, never for a commit that changes only code.
+COPY pyproject.toml requirements.lock ./
+COPY deploy/requirements.py ./deploy/
+RUN python deploy/requirements.py flows > /tmp/requirements.txt \
+    && pip install --no-cache-dir -c requirements.lock -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt \
+    && if [ "$VARIANT" = gpu ]; then \
+         pip uninstall --yes tensorflow-cpu \
+         && pip install --no-cache-dir -c requirements.lock "tensorflow[and-cuda]==${TENSORFLOW_VERSION}"; \
+       elif [ "$VARIANT" != cpu ]; then echo "VARIANT must be cpu or gpu, got $VARIANT" >&2; exit 1; fi
+# Then the code, and the package itself on top (--no-deps: everything it needs is above).
+COPY README.md prefect.yaml ./
 COPY aidetect ./aidetect
 COPY cli ./cli
 COPY storage ./storage
@@ -34,11 +46,7 @@ COPY model ./model
 COPY serving ./serving
 COPY feedback ./feedback
 COPY flows ./flows
-RUN pip install --no-cache-dir -c requirements.lock -e ".[flows]" \
-    && if [ "$VARIANT" = gpu ]; then \
-         pip uninstall --yes tensorflow-cpu \
-         && pip install --no-cache-dir -c requirements.lock "tensorflow[and-cuda]==${TENSORFLOW_VERSION}"; \
-       elif [ "$VARIANT" != cpu ]; then echo "VARIANT must be cpu or gpu, got $VARIANT" >&2; exit 1; fi \
+RUN pip install --no-cache-dir -c requirements.lock --no-deps -e . \
     && python -c "import prefect, flows.retrain, tensorflow"
 
 # The git sha the image was built from (CI passes it); late, so a new sha reuses the layers above.

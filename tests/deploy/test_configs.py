@@ -322,7 +322,8 @@ def test_serving_image_has_no_tensorflow() -> None:
     runs = " ".join(rest for word, rest in instructions if word == "RUN")
     installs = " ".join(re.findall(r"pip install[^&;]*", runs))
     assert "tensorflow" not in installs.lower() and "[flows" not in installs and "[train" not in installs
-    extras = re.findall(r"\.\[([\w,-]+)\]", installs)
+    assert not re.findall(r"\.\[([\w,-]+)\]", installs), "the package goes in --no-deps, after its locked deps"
+    extras = re.findall(r"deploy/requirements\.py ([\w ,-]+?) >", runs)
     assert extras == ["serve"], extras
     # ...and the extra it installs does not pull TensorFlow in, directly or through another extra.
     import tomllib
