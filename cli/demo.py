@@ -86,9 +86,35 @@ class _Answers:
         return cls(predict_all(client, reported), predict_all(client, held_out))
 
 
-def _fresh_home() -> Path:
-    """``AIDETECT_HOME`` (default ``.aidetect/demo``), emptied, with what an earlier demo left running stopped."""
-    home = Path(os.environ.get("AIDETECT_HOME", ".aidetect/demo")).resolve()
+# The demo's own folder, under AIDETECT_HOME (default .aidetect/demo), and the mark it leaves in
+# it: each run empties the folder, and only ever one that carries the mark (never a user's files).
+DEMO_FOLDER = "demo"
+DEMO_MARK = ".aidetect-demo"
+
+
+class DemoHomeRefused(Exception):
+    """The demo's folder holds files the demo did not make: it is left alone."""
+
+
+def demo_home() -> Path:
+    """Where the demo runs: ``$AIDETECT_HOME/demo`` (``.aidetect/demo`` by default), a folder of its own."""
+    return (get_settings().home / DEMO_FOLDER).resolve()
+
+
+def prepare_home(home: Path) -> None:
+    """``home`` emptied, with what an earlier demo left running there stopped, and marked as the demo's.
+
+    A folder without the mark is deleted only when it is empty: anything else in it is a user's,
+    and the demo refuses (``DemoHomeRefused``) rather than delete it.
+    """
+    ours = (home / DEMO_MARK).is_file()
+    if home.exists() and not ours and (not home.is_dir() or any(home.iterdir())):
+        raise DemoHomeRefused(
+            f"{home} holds files the demo did not make (it has no {DEMO_MARK}); the demo empties its folder on "
+            "each run, so it leaves this one alone. Move those files away, or set AIDETECT_HOME to another folder "
+            f"(the demo runs in $AIDETECT_HOME/{DEMO_FOLDER}). An earlier demo's folder, from before demos marked "
+            f"theirs, you can delete yourself: rm -r {home}"
+        )
     run_dir = home / "run"
     if run_dir.is_dir():
         for name in stop_recorded(run_dir):
@@ -96,6 +122,13 @@ def _fresh_home() -> Path:
     if home.exists():
         shutil.rmtree(home)
     run_dir.mkdir(parents=True)
+    (home / DEMO_MARK).write_text("made by `aidetect demo`, which empties this folder on each run\n")
+
+
+def _fresh_home() -> Path:
+    """The demo's folder (``demo_home``), prepared, and made this process's AIDETECT_HOME."""
+    home = demo_home()
+    prepare_home(home)
     os.environ["AIDETECT_HOME"] = str(home)
     os.environ.pop("AIDETECT_STORE_URL", None)
     get_settings.cache_clear()
@@ -231,7 +264,7 @@ Done in {summary["wall_seconds"]:.0f} s.
   artifacts      {settings.runs_dir}   (per run: model files, summary.json)
   object store   {settings.resolved_store_url}
   the registry   AIDETECT_HOME={home} .venv/bin/aidetect model list
-Serving and the Prefect server keep running; `make stop` stops them.""",
+Serving and the Prefect server keep running; `make stop` (or `aidetect stop --home {home}`) stops them.""",
         flush=True,
     )
 
@@ -246,7 +279,11 @@ def run_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    home = _fresh_home()
+    try:
+        home = _fresh_home()
+    except DemoHomeRefused as refused:
+        print(f"aidetect demo: {refused}", file=sys.stderr)
+        return 2
     settings = get_settings()
     say(f"store: {settings.resolved_store_url}")
     prefect_url, env = _start_prefect(home, args.prefect_port)
