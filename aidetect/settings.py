@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         "unset = no automations",
     )
 
+    public_url: str | None = Field(
+        None,
+        description="the address operators' browsers reach serving at (e.g. https://aidetect.example.com); "
+        "the flows' Prefect artifacts show a model's plots and link the drift report from there. `aidetect up` "
+        "sets it to the serving it starts; unset = the artifacts say where the files are in the store instead",
+    )
+
     # process
     build: str = Field("dev", description="the code this process runs (the image's git sha); in /healthz")
     drain_seconds: float = Field(
@@ -192,6 +199,17 @@ class Settings(BaseSettings):
                 return None  # compose passes an unset .env value as ""
             if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
                 raise ValueError("notify_webhook_url must be an http:// or https:// URL")
+        return value
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _public_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/")
+            if not value:
+                return None  # compose passes an unset .env value as ""
+            if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+                raise ValueError(f"public_url must be an http:// or https:// URL without query, got {value!r}")
         return value
 
     @field_validator("replica_id")

@@ -116,6 +116,8 @@ def run_up(args: argparse.Namespace) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     prefect_url = f"http://127.0.0.1:{args.prefect_port}"
     env = _stack_env(home, prefect_url)
+    # where the flows' artifacts link a model's plots and the drift reports: the serving started here
+    env.setdefault("AIDETECT_PUBLIC_URL", f"http://127.0.0.1:{args.port}")
     children = Children(logs, env, cwd=ROOT)
     stopping = False
 
@@ -132,6 +134,7 @@ def run_up(args: argparse.Namespace) -> int:
             f"""
   Prefect UI   {prefect_url}          (deployments, runs, artifacts, automations)
   serving      http://127.0.0.1:{args.port}/   (the web page; API under /v1, metrics at /metrics)
+  artifacts    link plots and drift reports at {env["AIDETECT_PUBLIC_URL"]} (AIDETECT_PUBLIC_URL)
   store        {env.get("AIDETECT_STORE_URL") or home / "store"}
   workers      pools {", ".join(POOLS)} (one process worker each)
 

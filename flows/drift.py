@@ -2,7 +2,8 @@
 
 Reads the prediction log of the last ``window_hours`` for the version the alias points at,
 compares it with the reference stored beside that version (``model.drift``), writes
-``reports/drift/<time>/report.html`` and ``summary.json``, shows the key numbers as the
+``reports/drift/<time>/report.html``, ``summary.json`` and ``drift.png``, shows the key numbers,
+the picture and a link to the report (served by serving at ``AIDETECT_PUBLIC_URL``) as the
 ``monitor-drift`` artifact, and emits ``aidetect.drift.detected`` when drift is found (the
 retrain deployment's trigger listens for it).
 """
@@ -10,7 +11,9 @@ retrain deployment's trigger listens for it).
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,17 +28,26 @@ from flows.reports import drift_report
 from model.drift import (
     DRIFT_CALIBRATION_FILE,
     PARTS,
+    PREDICTION,
     REFERENCE_FILE,
     detect_drift,
     read_reference,
 )
 from model.registry import Registry
+from serving.drift_status import severity
 from storage import NotFound
-from storage.layout import DRIFT_LATEST, drift_report_prefix, model_prefix, new_version_id, utcnow
+from storage.layout import (
+    DRIFT_LATEST,
+    DRIFT_PLOT,
+    DRIFT_REPORT_HTML,
+    DRIFT_SUMMARY,
+    drift_report_prefix,
+    model_prefix,
+    new_version_id,
+    utcnow,
+)
 from storage.predictions import as_utc, read_window
 
-REPORT_FILE = "report.html"
-SUMMARY_FILE = "summary.json"
 DRIFT_EVENT = "aidetect.drift.detected"
 ARTIFACT_KEY = "monitor-drift"
 
@@ -72,13 +84,32 @@ def compare(reference: bytes, window: pd.DataFrame, calibration: dict[str, Any])
     return detect_drift(read_reference(reference), window, calibration)
 
 
+@task(cache_policy=NO_CACHE)
+def draw(reference: bytes, window: pd.DataFrame, summary: dict[str, Any]) -> bytes:
+    """The report's picture (``model.plots.plot_drift``): P(ai) now and in the reference, each part's severity."""
+    from model.plots import plot_drift
+
+    parts = summary["parts"]
+    scale = {part: severity(part, parts[part]["score"], parts[part]["threshold"]) for part in PARTS}
+    with tempfile.TemporaryDirectory() as folder:
+        path = plot_drift(
+            read_reference(reference)[PREDICTION],
+            window[PREDICTION],
+            scale,
+            {part: parts[part]["drifted"] for part in PARTS},
+            Path(folder) / DRIFT_PLOT,
+        )
+        return path.read_bytes()
+
+
 @io_task
-def save_report(store_url: str | None, prefix: str, html: str, summary: dict[str, Any]) -> None:
-    """The HTML report and its summary under ``prefix``, then the summary as the latest."""
+def save_report(store_url: str | None, prefix: str, html: str, png: bytes, summary: dict[str, Any]) -> None:
+    """The HTML report, its picture and its summary under ``prefix``, then the summary as the latest."""
     store = store_for(store_url)
-    store.put(prefix + REPORT_FILE, html.encode())
+    store.put(prefix + DRIFT_REPORT_HTML, html.encode())
+    store.put(prefix + DRIFT_PLOT, png)
     body = json.dumps(summary, indent=2, allow_nan=False).encode()
-    store.put(prefix + SUMMARY_FILE, body)
+    store.put(prefix + DRIFT_SUMMARY, body)
     store.put(DRIFT_LATEST, body)  # last: what serving exports as metrics (serving/drift_status.py)
 
 
@@ -97,6 +128,7 @@ def monitor_drift(
     ``min_rows`` predictions by the aliased version: nothing is written to the store then).
     """
     logger = get_run_logger()
+    public_url = get_settings().public_url
     alias = alias or get_settings().model_alias
     end = utcnow() if end is None else as_utc(end)
     start = end - timedelta(hours=window_hours)
@@ -119,15 +151,17 @@ def monitor_drift(
     if len(window) < min_rows:
         summary.update(status="insufficient data", drift_detected=False, rows={"current": len(window)})
         logger.warning("%d predictions by %s in the window, %d needed: no drift report", len(window), version, min_rows)
-        create_markdown_artifact(key=ARTIFACT_KEY, markdown=drift_report(summary), description=f"drift of {version}")
+        markdown = drift_report(summary, public_url)
+        create_markdown_artifact(key=ARTIFACT_KEY, markdown=markdown, description=f"drift of {version}")
         return summary
 
     result, html = compare(reference, window, json.loads(calibration))
     prefix = drift_report_prefix(new_version_id(end))
     summary.update(status="drift" if result["drift_detected"] else "no drift", **result)
-    summary["report"] = prefix + REPORT_FILE
-    save_report(store_url, prefix, html, summary)
-    create_markdown_artifact(key=ARTIFACT_KEY, markdown=drift_report(summary), description=f"drift of {version}")
+    summary["report"], summary["plot"] = prefix + DRIFT_REPORT_HTML, prefix + DRIFT_PLOT
+    save_report(store_url, prefix, html, draw(reference, window, summary), summary)
+    markdown = drift_report(summary, public_url)
+    create_markdown_artifact(key=ARTIFACT_KEY, markdown=markdown, description=f"drift of {version}")
     logger.info("%s: %s (%s)", version, summary["status"], ", ".join(result["drifted_parts"]) or "no part drifted")
     if result["drift_detected"]:
         emit_event(

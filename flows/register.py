@@ -16,6 +16,7 @@ from model.card import INT8_FILE, GateRecord, Int8Variant, Metrics, ModelCard
 from model.config import default_weights
 from model.gate import Verdict
 from model.registry import CANARIES_FILE, KERAS_FILE, ONNX_FILE, Registry
+from storage.layout import model_plot_file
 
 
 @io_task
@@ -63,7 +64,7 @@ def model_files(
         KERAS_FILE: keras_path,
         CANARIES_FILE: buffer.getvalue(),
         **reference,
-        **{f"plots/{name}": path for name, path in plots.items()},
+        **{model_plot_file(name): path for name, path in plots.items()},
     }
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
+from aidetect.links import drift_report_path, model_plot_path, public_link
 from model.gate import Verdict
+from storage.layout import DRIFT_PLOT, model_plot_key, parse_drift_report_key
+
+# what an artifact says when it cannot link to serving
+NO_PUBLIC_URL = "Set `AIDETECT_PUBLIC_URL` (where people's browsers reach serving) on the worker to see them here."
 
 # the frozen test split's headline metrics, in the order the retrain report shows them
 RETRAIN_METRICS = (
@@ -28,9 +33,11 @@ def retrain_report(
     champion_version: str | None,
     verdict: Verdict,
     latency_ms: float,
-    plots: dict[str, Path],
+    plots: Iterable[str],
+    public_url: str | None,
 ) -> str:
-    """The ``retrain`` artifact: the verdict, and challenger against champion metric by metric."""
+    """The ``retrain`` artifact: the verdict, challenger against champion metric by metric, and the
+    version's ``plots`` (names) as images served from ``public_url``."""
     rows = ["| metric (frozen test split) | challenger | champion |", "|---|---|---|"]
 
     def row(label: str, ours: float | None, theirs: float | None) -> None:
@@ -58,16 +65,37 @@ def retrain_report(
     status = "**blessed**" if verdict.blessed else "**rejected**"
     reasons = "".join(f"\n- {reason}" for reason in verdict.reasons)
     notes = "".join(f"\n- _{note}_" for note in verdict.notes)
-    pictures = "\n".join(f"- `{path}`" for path in plots.values())
     return (
         f"# Retrain: {version}\n\nChampion: `{champion_version or 'none'}`. Verdict: {status}{reasons}{notes}\n\n"
         + "\n".join(rows)
-        + f"\n\nPlots (also stored under `models/{version}/plots/`):\n{pictures}\n"
+        + "\n\n"
+        + plots_markdown(version, plots, public_url)
     )
 
 
-def drift_report(summary: dict[str, Any]) -> str:
-    """The ``monitor-drift`` artifact, from the summary the flow returns."""
+def plots_markdown(version: str, plots: Iterable[str], public_url: str | None) -> str:
+    """A version's plots as markdown images from serving, or where they are when serving's address is unknown."""
+    names = list(plots)  # in the order the flow made them
+    if not names:
+        return "No plots were made.\n"
+    if public_url is None:
+        keys = "".join(f"\n- `{model_plot_key(version, name)}`" for name in names)
+        return f"Plots, in the store:{keys}\n\n{NO_PUBLIC_URL}\n"
+    return (
+        "## Plots\n\n"
+        + "\n\n".join(f"![{_title(name)}]({public_link(public_url, model_plot_path(version, name))})" for name in names)
+        + "\n"
+    )
+
+
+def _title(file_name: str) -> str:
+    """``confusion_matrix.png`` -> ``confusion matrix``."""
+    return file_name.rpartition(".")[0].replace("_", " ")
+
+
+def drift_report(summary: dict[str, Any], public_url: str | None) -> str:
+    """The ``monitor-drift`` artifact, from the summary the flow returns: the numbers, a link to
+    Evidently's page and the flow's picture (served from ``public_url``)."""
     window = summary["window"]
     lines = [
         f"# Drift of `{summary['model_version']}` ({summary['alias']}): {summary['status']}",
@@ -97,8 +125,15 @@ def drift_report(summary: dict[str, Any]) -> str:
         f"False-alarm rate measured at calibration: {summary['false_alarm_rate']:.2%}"
         f" (target {summary['target_false_alarm_rate']:.0%}).",
         "",
-        f"Report: `{summary['report']}` (with `summary.json` beside it).",
     ]
+    report_id, _ = parse_drift_report_key(summary["report"])
+    if public_url is None:
+        lines.append(f"Report: `{summary['report']}` in the store (with `summary.json` beside it). {NO_PUBLIC_URL}")
+    else:
+        page = public_link(public_url, drift_report_path(report_id))
+        lines.append(f"**[Open the Evidently report]({page})** (`{summary['report']}`)")
+        if summary.get("plot"):
+            lines += ["", f"![drift]({public_link(public_url, drift_report_path(report_id, DRIFT_PLOT))})"]
     return "\n".join(lines)
 
 

@@ -168,6 +168,7 @@ def _retrain(plan: RetrainPlan, run_id: str, held: Lease) -> dict[str, Any]:
             validation.verdict,
             validation.latency_ms,
             plots,
+            get_settings().public_url,
         ),
         description=f"retrain {version}",
     )

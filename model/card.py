@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.calibration import Calibration
+from storage.layout import PLOTS, is_plot_name
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -123,6 +124,12 @@ class ModelCard(_Part):
         if self.config and self.config.get("name"):
             return str(self.config["name"])
         return f"registered {self.registered_from.kind}" if self.registered_from else "unknown"
+
+    @property
+    def plot_names(self) -> list[str]:
+        """The plots registered with this version (``plots/<name>`` in ``files``), by name."""
+        names = (name.partition("/")[2] for name in self.files if name.partition("/")[0] == PLOTS)
+        return sorted(name for name in names if is_plot_name(name))
 
     @property
     def blessed(self) -> bool:

@@ -170,3 +170,31 @@ def evaluation_plots(
         "roc.png": plot_roc(y_true, p_ai, out_dir / "roc.png", label=label, others=others),
         "reliability.png": plot_reliability(y_true, p_ai, out_dir / "reliability.png"),
     }
+
+
+def plot_drift(
+    reference_p: Any, current_p: Any, severity: dict[str, float], drifted: dict[str, bool], path: Path
+) -> Path:
+    """monitor-drift's picture: P(ai) in the window against the reference (left), and each part's
+    score on the scale where its threshold is 1 and drift is above it (right)."""
+    fig = _figure(9, 3.8)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    bins = np.linspace(0, 1, 21)
+    for values, label, color in ((reference_p, "reference", "tab:grey"), (current_p, "window", "tab:blue")):
+        values = np.asarray(values, dtype=np.float64)
+        left.hist(values, bins=bins, density=True, alpha=0.5, color=color, label=f"{label} (n = {len(values)})")
+    left.set_xlim(0, 1)
+    left.set_xlabel("P(ai)")
+    left.set_ylabel("density")
+    left.set_title("Predictions: window against reference")
+    left.legend(loc="upper center")
+    parts = list(severity)
+    colors = ["tab:red" if drifted.get(part) else "tab:green" for part in parts]
+    right.barh(parts, [severity[part] for part in parts], color=colors)
+    right.axvline(1.0, color="black", linestyle="--")
+    right.set_xscale("symlog", linthresh=1.0)  # a p-value of 1e-100 is ~70 thresholds: keep both on the page
+    right.set_xlabel("score / threshold (drift above 1)")
+    right.set_title("Drift by part (red: drifted)")
+    right.invert_yaxis()
+    right.grid(True, axis="x", alpha=0.3)
+    return _save(fig, path)

@@ -82,7 +82,12 @@ class ModelOut(BaseModel):
     swaps: int
     refused: int
     last_error: str | None
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] = Field(
+        description="the version's model card: datasets and lineage, initial weights, gate verdict, metrics"
+    )
+    plots: dict[str, str] = Field(
+        default_factory=dict, description="the version's plots (training curves, ROC, ...): name -> URL path"
+    )
     shadow: ShadowOut | None = None
 
 

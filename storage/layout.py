@@ -32,6 +32,11 @@ HISTORY = "history/"  # history/<sha256 of the browser cookie>/<prediction id>.j
 
 _PREDICTION_ID = re.compile(r"[0-9a-f]{11}[0-9a-f]{16}")  # creation time (ms, hex) + 64 random bits
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_PLOT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\.(png|svg)")  # a model version's plot (flows.validate.make_plots)
+_REPORT_ID = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{6}")  # new_version_id's shape: a drift report's folder
+PLOTS = "plots"  # models/<version>/plots/<name>: the pictures a version was judged by, registered with it
+# what a drift report's folder holds: Evidently's page, the flow's summary, the flow's picture
+DRIFT_REPORT_HTML, DRIFT_SUMMARY, DRIFT_PLOT = DRIFT_REPORT_FILES = ("report.html", "summary.json", "drift.png")
 
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
@@ -174,6 +179,30 @@ def model_prefix(version: str) -> str:
     return f"{MODELS}{version}/"
 
 
+def is_model_version(value: str) -> bool:
+    """Whether ``value`` has a model version's shape (a safe single key part)."""
+    return _VERSION.fullmatch(value) is not None
+
+
+def is_plot_name(value: str) -> bool:
+    """Whether ``value`` is a plot file name a version may hold (``roc.png``: lower case, PNG or SVG)."""
+    return _PLOT_NAME.fullmatch(value) is not None
+
+
+def model_plot_file(name: str) -> str:
+    """A plot's file name within its version (``plots/<name>``, as ``ModelCard.files`` lists it)."""
+    if not is_plot_name(name):
+        raise ValueError(f"not a plot name: {name!r}")
+    return f"{PLOTS}/{name}"
+
+
+def model_plot_key(version: str, name: str) -> str:
+    """``models/<version>/plots/<name>``."""
+    if not is_model_version(version):
+        raise ValueError(f"not a model version: {version!r}")
+    return model_prefix(version) + model_plot_file(name)
+
+
 def alias_key(alias: str) -> str:
     return f"{ALIASES}{alias}.json"
 
@@ -194,6 +223,29 @@ def features_prefix(extractor: str) -> str:
     return f"{FEATURES}{extractor}/"
 
 
-def drift_report_prefix(run_id: str) -> str:
-    """``reports/drift/<run_id>/``: one drift report (``report.html``, ``summary.json``)."""
-    return f"{DRIFT_REPORTS}{run_id}/"
+def is_report_id(value: str) -> bool:
+    """Whether ``value`` is a drift report's id (``new_version_id``'s shape)."""
+    return _REPORT_ID.fullmatch(value) is not None
+
+
+def drift_report_prefix(report_id: str) -> str:
+    """``reports/drift/<report_id>/``: one drift report (``DRIFT_REPORT_FILES``)."""
+    if not is_report_id(report_id):
+        raise ValueError(f"not a drift report id: {report_id!r}")
+    return f"{DRIFT_REPORTS}{report_id}/"
+
+
+def drift_report_key(report_id: str, name: str) -> str:
+    """``reports/drift/<report_id>/<name>``, ``name`` one of ``DRIFT_REPORT_FILES``."""
+    if name not in DRIFT_REPORT_FILES:
+        raise ValueError(f"a drift report holds {', '.join(DRIFT_REPORT_FILES)}, not {name!r}")
+    return drift_report_prefix(report_id) + name
+
+
+
+def parse_drift_report_key(key: str) -> tuple[str, str]:
+    """(report id, file name) of a ``drift_report_key``; ValueError for any other key."""
+    parts = key[len(DRIFT_REPORTS) :].split("/") if key.startswith(DRIFT_REPORTS) else []
+    if len(parts) != 2 or not is_report_id(parts[0]) or parts[1] not in DRIFT_REPORT_FILES:
+        raise ValueError(f"not a drift report key: {key!r}")
+    return parts[0], parts[1]

@@ -1,9 +1,10 @@
-"""The live model: ``GET /v1/model`` (version, variant, metadata, swap counters, the shadow)."""
+"""The live model: ``GET /v1/model`` (version, variant, its card and plots, swap counters, the shadow)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from aidetect.links import model_plot_path
 from serving.deps import LiveModelDep, StateDep
 from serving.errors import PROBLEM
 from serving.hotswap import LiveModel
@@ -22,12 +23,14 @@ def _model_out(holder_alias: str, live: LiveModel, swaps: int, refused: int, las
         refused=refused,
         last_error=last_error,
         metadata=live.card.model_dump(mode="json"),
+        plots={name: model_plot_path(live.version, name) for name in live.card.plot_names},
     )
 
 
 @router.get("", response_model=ModelOut, responses={503: PROBLEM})
 async def model_info(state: StateDep, live: LiveModelDep) -> ModelOut:
-    """The live model: version, variant, metadata (metrics, calibration, lineage), swap counters."""
+    """The live model: version, variant, its card (metrics, calibration, lineage, gate verdict), the URLs
+    of its plots, swap counters."""
     holder = state.holder
     out = _model_out(holder.alias, live, holder.swaps, holder.refused, holder.last_error)
     shadow = state.shadow.current if state.shadow is not None else None

@@ -187,6 +187,7 @@ TRAIN = load("train-model")
 # (role, op, prefix name): what each role's code does (see deploy/iam/README.md)
 MAY = [
     *((SERVING, "get", p) for p in ("ALIASES", "MODELS", "FEEDBACK", "FEEDBACK_INDEX", "FEEDBACK_REVIEWS", "IMAGES")),
+    (SERVING, "get", "DRIFT_REPORTS"),  # the reports, for browsers (serving.routes.reports)
     *((SERVING, "put", p) for p in ("PREDICTIONS", "IMAGES", "FEEDBACK", "FEEDBACK_INDEX")),
     *((SERVING, "list", p) for p in ("MODELS", "FEEDBACK_INDEX", "FEEDBACK_REVIEWS")),
     # what any replica answers for (serving.shared): written on predict, deleted by a browser or the sweep
@@ -209,7 +210,7 @@ MAY_NOT = [
         (SERVING, "put", p)
         for p in ("MODELS", "ALIASES", "EVENTS", "DATASETS", "TRAINING", "LOCKS", "FEEDBACK_REVIEWS")
     ),
-    *((SERVING, "get", p) for p in ("DATASETS", "TRAINING", "PREDICTIONS", "DRIFT_REPORTS", "LOCKS", "FEATURES")),
+    *((SERVING, "get", p) for p in ("DATASETS", "TRAINING", "PREDICTIONS", "LOCKS", "FEATURES")),
     (SERVING, "put", "FEATURES"),
     *((ROLLBACK, "put", p) for p in ("MODELS", "DATASETS")),
     *((ROLLBACK, "delete", p) for p in ("MODELS", "ALIASES")),
@@ -230,10 +231,11 @@ def _id(case: tuple[list[dict[str, Any]], str, str]) -> str:
     return f"{role[id(case[0])]}-{case[1]}-{case[2]}"
 
 
-def test_serving_reads_the_latest_drift_report_and_no_other() -> None:
+def test_serving_reads_the_drift_reports_and_writes_none() -> None:
     assert can(SERVING, "get", layout.DRIFT_LATEST)  # exported on /metrics (serving/drift_status.py)
-    assert not can(SERVING, "get", key("DRIFT_REPORTS"))  # the reports themselves: the flows'
+    assert can(SERVING, "get", layout.drift_report_key(layout.new_version_id(), layout.DRIFT_REPORT_HTML))
     assert not can(SERVING, "put", layout.DRIFT_LATEST)
+    assert not can(SERVING, "put", key("DRIFT_REPORTS"))
     assert can(WORKER, "put", layout.DRIFT_LATEST)
 
 

@@ -117,20 +117,22 @@ def test_drift_is_reported_and_announced(
     assert summary["model_version"] == version
     assert summary["rows"]["current"] == 100 and summary["rows"]["reference"] == REFERENCE_IMAGES
     keys = list(store.list(DRIFT_REPORTS))
-    assert [key.rsplit("/", 1)[1] for key in keys] == ["report.html", "summary.json", "latest.json"]
-    assert summary["report"] == keys[0] and keys[2] == DRIFT_LATEST
-    assert json.loads(store.get(keys[1])) == json.loads(store.get(DRIFT_LATEST)) == summary
+    assert [key.rsplit("/", 1)[1] for key in keys] == ["drift.png", "report.html", "summary.json", "latest.json"]
+    assert summary["plot"] == keys[0] and summary["report"] == keys[1] and keys[3] == DRIFT_LATEST
+    assert json.loads(store.get(keys[2])) == json.loads(store.get(DRIFT_LATEST)) == summary
+    assert store.get(keys[0]).startswith(b"\x89PNG")
 
     # what serving exports from it: severity above 1 exactly for the parts that drifted
     reading = read_summary(json.loads(store.get(DRIFT_LATEST)))
     assert reading.detected and reading.model_version == version and reading.rows == 100
     assert {part for part, value in reading.severity.items() if value > 1} == set(summary["drifted_parts"])
     assert set(reading.severity) == {"image_stats", "embedding", "prediction"}
-    html = store.get(keys[0]).decode()
+    html = store.get(keys[1]).decode()
     assert html.lstrip().startswith("<!DOCTYPE html>") and "Dataset Drift is detected" in html
 
     markdown = artifact_markdown("monitor-drift")
     assert f"`{version}` (production): drift" in markdown and summary["report"] in markdown
+    assert "AIDETECT_PUBLIC_URL" in markdown  # no address for serving: the artifact says so
 
     events = drift_events(version)
     assert len(events) == 1

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from model.plots import plot_confusion_matrix, plot_reliability, plot_roc, plot_training_curves
+from model.plots import plot_confusion_matrix, plot_drift, plot_reliability, plot_roc, plot_training_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -24,6 +25,16 @@ def scores(seed: int = 0, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
     return y, np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, n), 0, 1)
+
+
+def test_drift_picture(tmp_path: Path) -> None:
+    _, reference = scores(1)
+    _, window = scores(2, 50)
+    severity = {"image_stats": 140.0, "embedding": 0.4, "prediction": 1.5}  # symlog: 140 and 0.4 on one axis
+    target = tmp_path / "drift.png"
+    drifted = {"image_stats": True, "embedding": False, "prediction": True}
+    assert_png(plot_drift(reference, window, severity, drifted, target), target)
+    assert Image.open(target).size == (900, 380)
 
 
 def test_training_curves(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """The web page in a real browser (Debian's chromium driven by Playwright) against real uvicorn.
 
 Upload, verdict, heatmap shown, annotated download received, history survives a reload,
-"this is wrong" files feedback and shows its status, a bad file shows a message, and the
-layout fits a phone. Needs /usr/bin/chromium (`.ci/run` installs it): missing, the test fails
-(the ``browser`` fixture is in conftest.py).
+"this is wrong" files feedback and shows its status, a bad file shows a message, the Model
+section shows the live version's card and plots, and the layout fits a phone. Needs
+/usr/bin/chromium (`.ci/run` installs it): missing, the test fails (the ``browser`` fixture is
+in conftest.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.helpers import serving_process
-from tests.serving.test_hardening import mean_model_store
+from tests.serving.test_reports import plotted_model_store
 
 
 def synthetic_image(size: int = 256) -> bytes:
@@ -37,7 +38,7 @@ def synthetic_image(size: int = 256) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("web")
-    store = mean_model_store(tmp)
+    store, _, _ = plotted_model_store(tmp)  # the mean-brightness model, with a card and plots
     env = {"AIDETECT_HOME": str(tmp / "home"), "AIDETECT_STORE_URL": str(store.root)}
     with serving_process(env, tmp / "serving.log") as (_, base):
         yield base
@@ -49,6 +50,29 @@ def test_the_page_end_to_end(server: str, browser: object, tmp_path: Path) -> No
     page.goto(server + "/")
     assert page.locator("#empty").is_visible()
     assert page.locator("#analyze").is_disabled()
+
+    # the Model section: the live version's card, from GET /v1/model, and its plots from the store
+    live = page.request.get(server + "/v1/model").json()
+    page.wait_for_function("document.getElementById('model-summary').textContent.startsWith('Version')")
+    assert f"Version {live['version']} (production, fp32) · mean-brightness" in page.inner_text("#model-summary")
+    card = page.inner_text("#model-card")
+    assert "cifake@20260101T000000000000Z-000001, feedback@20260102T000000000000Z-000002" in card
+    assert live["metadata"]["parent_version"] in card and "imagenet" in card and "drift" in card
+    assert page.inner_text("#model-gate") == "Gate: rejected"
+    assert page.locator("#model-reasons li").all_inner_texts() == [
+        "accuracy 0.8125 is below the floor 0.9000",
+        "a note",
+    ]
+    rows = [row.split("\t") for row in page.locator("#model-metrics tr").all_inner_texts()]
+    assert ["accuracy", "0.8125", "0.7500"] in rows and ["roc auc", "0.8750", "0.8750"] in rows
+    plots = page.locator("#model-plots img")
+    assert plots.count() == 2 and page.locator("#model-plots figcaption").all_inner_texts() == [
+        "confusion matrix",
+        "roc",
+    ]
+    page.wait_for_function(
+        "[...document.querySelectorAll('#model-plots img')].every(i => i.complete && i.naturalWidth > 300)"
+    )
 
     page.set_input_files("#file", files=[{"name": "hills.png", "mimeType": "image/png", "buffer": synthetic_image()}])
     page.click("#analyze")
