@@ -1,7 +1,8 @@
-"""Regenerate docs/screenshot.png: the web page with a result, in Debian's chromium.
+"""Regenerate docs/screenshot.png: the web page with a result and the Model section, in Debian's chromium.
 
-Serves a stand-in model (P(ai) = mean brightness: the page, not the model, is on show) and a
-made-up picture (never a dataset image).
+Serves a stand-in model (P(ai) = mean brightness: the page, not the model, is on show; its card
+and two plots made up as a retrain would register them) and a made-up picture (never a dataset
+image). The Prefect UI's screenshots come from docs/prefect_screenshots.py.
 
     .venv/bin/python docs/screenshot.py
 """
@@ -21,18 +22,14 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    from model.registry import Registry
-    from storage import LocalStore
     from tests.helpers import free_port, wait_http
-    from tests.serving.onnx_models import mean_brightness_model
-    from tests.serving.test_browser import CHROMIUM, synthetic_image
-    from tests.serving.test_hardening import register_onnx
+    from tests.serving.conftest import CHROMIUM
+    from tests.serving.test_browser import synthetic_image
+    from tests.serving.test_reports import plotted_model_store
 
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        store = LocalStore(tmp / "store")
-        registry = Registry(store)
-        registry.promote(register_onnx(registry, mean_brightness_model(tmp / "m.onnx")), reason="screenshot")
+        store, _, _ = plotted_model_store(tmp, blessed=True)
         port = free_port()
         env = {**os.environ, "AIDETECT_HOME": str(tmp / "home"), "AIDETECT_STORE_URL": str(store.root)}
         server = subprocess.Popen(  # noqa: S603 - fixed arguments: this interpreter running uvicorn
@@ -55,6 +52,7 @@ def main() -> None:
                 page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
                 page.click("#wrong")
                 page.wait_for_function("document.getElementById('feedback').textContent.includes('Report')")
+                page.wait_for_function("[...document.querySelectorAll('#model-plots img')].every(i => i.naturalWidth)")
                 page.screenshot(path=str(ROOT / "docs" / "screenshot.png"), full_page=True)
                 browser.close()
         finally:
