@@ -62,6 +62,11 @@ REPORT_CSP = (
 )
 PICTURE = {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "PNG or SVG"}
 HTML = {"content": {"text/html": {}}, "description": "Evidently's HTML report"}
+REPORT_FILE = {
+    "content": {"text/html": {}, "application/json": {}, "image/png": {}},
+    "description": "the page (HTML), the summary (JSON) or the picture (PNG)",
+}
+REDIRECT = {"description": "to the newest report's page (Location)"}
 
 
 def _media_type(name: str) -> str:
@@ -112,7 +117,7 @@ async def model_plot(state: StateDep, request: Request, version: str, name: str)
     return _answer(request, body, _media_type(name), card.files[file], PICTURE_CSP)
 
 
-@router.get(DRIFT_LATEST_ROUTE, response_class=RedirectResponse, responses={307: HTML, 404: PROBLEM, 503: PROBLEM})
+@router.get(DRIFT_LATEST_ROUTE, response_class=RedirectResponse, responses={307: REDIRECT, 404: PROBLEM, 503: PROBLEM})
 async def latest_drift_report(state: StateDep) -> RedirectResponse:
     """A redirect to the newest drift report's page."""
     body = await _read(state, DRIFT_LATEST)
@@ -145,7 +150,7 @@ async def drift_report(state: StateDep, request: Request, report_id: str) -> Res
     return await _report_file(state, request, report_id, DRIFT_REPORT_HTML)
 
 
-@router.get(DRIFT_REPORT_FILE_ROUTE, response_class=Response, responses={200: PICTURE, 404: PROBLEM, 503: PROBLEM})
+@router.get(DRIFT_REPORT_FILE_ROUTE, response_class=Response, responses={200: REPORT_FILE, 404: PROBLEM, 503: PROBLEM})
 async def drift_report_file(state: StateDep, request: Request, report_id: str, name: str) -> Response:
     """One file of a monitor-drift report: ``summary.json``, ``drift.png`` (or ``report.html``)."""
     return await _report_file(state, request, report_id, name)
