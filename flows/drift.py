@@ -33,8 +33,8 @@ from model.drift import (
     detect_drift,
     read_reference,
 )
+from model.drift_scale import severity
 from model.registry import Registry
-from serving.drift_status import severity
 from storage import NotFound
 from storage.layout import (
     DRIFT_LATEST,

@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from model.drift_scale import severity
 from storage import NotFound, ObjectStore
 from storage.layout import DRIFT_LATEST
 
 log = logging.getLogger("aidetect.serving")
-P_PARTS = ("image_stats", "prediction")  # p-values: lower is more drift
-MIN_P = 1e-300  # log of a p-value of 0
 
 
 @dataclass(frozen=True)
@@ -40,13 +38,6 @@ class DriftReading:
     severity: dict[str, float]
     window_end: float  # unix seconds
     rows: int
-
-
-def severity(part: str, score: float, threshold: float) -> float:
-    """The score on a scale where the threshold is 1 and drift is above it."""
-    if part in P_PARTS:
-        return math.log(max(score, MIN_P)) / math.log(threshold)
-    return score / threshold
 
 
 def read_summary(summary: dict[str, Any]) -> DriftReading:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from model.drift_scale import severity
 from serving.app import create_app
-from serving.drift_status import read_summary, severity
+from serving.drift_status import read_summary
 from storage import LocalStore
 from storage.layout import DRIFT_LATEST
 from tests.serving.test_hardening import settings_for
