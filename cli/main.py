@@ -709,11 +709,16 @@ def deploy() -> None:
 
 
 @app.command("stop")
-def stop(home: Annotated[str, typer.Option(help="the demo's home")] = ".aidetect/demo") -> None:
+def stop(
+    home: Annotated[
+        str | None, typer.Option(help="the demo's folder", show_default="$AIDETECT_HOME/demo, else .aidetect/demo")
+    ] = None,
+) -> None:
     """Stop the services a demo left running."""
+    from cli.demo import demo_home
     from cli.processes import stop_recorded
 
-    stopped = stop_recorded(Path(home) / "run")
+    stopped = stop_recorded((Path(home) if home else demo_home()) / "run")
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 

@@ -107,3 +107,30 @@ def test_the_demo_refuses_to_empty_a_folder_it_did_not_make(tmp_path: Path) -> N
     assert DEMO_MARK in result.stderr and "AIDETECT_HOME" in result.stderr
     assert {path: path.read_bytes() for path in files} == files
     assert not (user_home / "demo" / DEMO_MARK).exists()
+
+
+def test_aidetect_stop_finds_the_demo_under_aidetect_home(tmp_path: Path) -> None:
+    """``aidetect stop`` without ``--home`` stops what the demo started in ``$AIDETECT_HOME/demo``."""
+    from cli.processes import start_recorded
+
+    home = tmp_path / "home"
+    prepare_home(home / "demo")
+    left = start_recorded(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], home / "demo" / "run", os.environ
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "cli", "stop"],
+            env={**os.environ, "AIDETECT_HOME": str(home)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "sleeper" in out.stdout
+        assert left.wait(timeout=30) != 0  # SIGTERM
+    finally:
+        if left.poll() is None:
+            left.kill()
+            left.wait()
