@@ -4,6 +4,8 @@
   prometheus-alertmanager), as committed and as its entrypoint writes it with a webhook URL
   from the environment; the entrypoint itself (shellcheck, a real ``sh`` run);
 - monitoring/prometheus.yml sends its alerts to the compose Alertmanager;
+- monitoring/alerts.yml: ``promtool test rules`` (tests/deploy/data/alerts-test.yml) for the
+  alert on Alertmanager's failed sends;
 - docker-compose.yml: every published port but the proxy's is bound to
   AIDETECT_OPERATOR_BIND, 127.0.0.1 unless .env says otherwise.
 """
@@ -164,7 +166,26 @@ def test_compose_runs_alertmanager_with_the_entrypoint_and_prometheus_uses_it() 
     targets = [t for am in prometheus["alerting"]["alertmanagers"] for c in am["static_configs"] for t in c["targets"]]
     port = service["healthcheck"]["test"][-1].rsplit(":", 1)[1].split("/")[0]
     assert targets == [f"alertmanager:{port}"]
+    # ... and scrapes it (AlertWebhookFailing)
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert [t for c in jobs["alertmanager"]["static_configs"] for t in c["targets"]] == targets
     assert "alertmanager" in compose["services"]["prometheus"]["depends_on"]
+
+
+def test_promtool_unit_tests_of_the_alerts() -> None:
+    promtool = _needs("promtool", "prometheus")
+    result = subprocess.run(  # noqa: S603
+        [promtool, "test", "rules", "alerts-test.yml"],
+        cwd=ROOT / "tests" / "deploy" / "data",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    alerts = yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    exprs = {rule["alert"]: rule["expr"] for group in alerts["groups"] for rule in group["rules"]}
+    assert "alertmanager_notifications_failed_total" in exprs["AlertWebhookFailing"]
 
 
 # --- published ports ---------------------------------------------------------------------
