@@ -110,6 +110,17 @@ class Settings(BaseSettings):
         description="bearer token for /v1/admin/*; unset = disabled (403). With an s3:// store, serving refuses "
         "to start on a placeholder token (empty, CHANGE_ME, admin, ..., or shorter than 16 characters)",
     )
+    reviewer_token: SecretStr | None = Field(
+        None,
+        description="bearer token of the review page (/review) and its API (/v1/review/*); unset = review over "
+        "HTTP disabled (403). With an s3:// store, serving refuses to start on a placeholder token, as for "
+        "admin_token",
+    )
+    review_backlog_poll_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="how often the reports awaiting review are counted for /metrics (aidetect_review_backlog)",
+    )
     shadow_alias: str | None = Field(None, description="also follow this alias (e.g. candidate) and shadow-score")
     shadow_share: float = Field(0.1, ge=0, le=1, description="share of predictions also scored by the shadow")
     prediction_log: bool = Field(True, description="write each prediction to predictions/ in the store")
@@ -240,19 +251,23 @@ class Settings(BaseSettings):
     def check_serving_security(self) -> None:
         """Refuse settings that are unsafe to serve with outside the embedded default.
 
-        With an ``s3://`` store (a deployment), a set admin token must not be a placeholder.
-        Unset stays allowed everywhere: the admin endpoints are then disabled (403).
+        With an ``s3://`` store (a deployment), a set admin or reviewer token must not be a placeholder.
+        Unset stays allowed everywhere: the admin endpoints (the review page) are then disabled (403).
         """
-        if self.embedded or self.admin_token is None:
+        if self.embedded:
             return
-        problem = placeholder_problem(self.admin_token.get_secret_value())
-        if problem:
-            raise InsecureSettings(
-                f"AIDETECT_ADMIN_TOKEN is {problem}; with an s3:// store serving will not start on it. "
-                f"Set a random token of at least {MIN_TOKEN_LENGTH} characters "
-                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`) or unset it to disable "
-                "the admin endpoints"
-            )
+        for name, token, what in (
+            ("AIDETECT_ADMIN_TOKEN", self.admin_token, "the admin endpoints"),
+            ("AIDETECT_REVIEWER_TOKEN", self.reviewer_token, "the review page"),
+        ):
+            problem = None if token is None else placeholder_problem(token.get_secret_value())
+            if problem:
+                raise InsecureSettings(
+                    f"{name} is {problem}; with an s3:// store serving will not start on it. "
+                    f"Set a random token of at least {MIN_TOKEN_LENGTH} characters "
+                    f"(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`) or unset it to disable "
+                    f"{what}"
+                )
 
     @property
     def resolved_store_url(self) -> str:

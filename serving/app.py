@@ -34,7 +34,8 @@ from serving.predlog import PredictionLog
 from serving.ratelimit import RateLimiter
 from serving.recent import RecentPredictions
 from serving.replicas import ReplicaFolder
-from serving.routes import api_router
+from serving.review_backlog import ReviewBacklog
+from serving.routes import api_router, review
 from serving.shared import sweep_expired
 from serving.state import ServingState
 from storage import StoreError, configured_store
@@ -213,6 +214,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_serving_security()
     metrics = Metrics()
+    backlog = ReviewBacklog()  # aidetect_review_backlog on /metrics (serving.review_backlog)
+    metrics.registry.register(backlog)
     draining = threading.Event()  # set by serving.server on SIGTERM, before the lifespan ends
 
     @contextlib.asynccontextmanager
@@ -220,6 +223,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state, drift = await _open(settings, metrics, draining)
         app.state.serving = state
         tasks = _background(state, drift)
+        count = partial(backlog.poll, state.store, state.feedback_policy)
+        poll = poll_every(settings.review_backlog_poll_seconds, count, None, "review backlog count")
+        tasks.append(asyncio.create_task(poll, name="review-backlog"))
         try:
             yield
         finally:
@@ -237,6 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.draining = draining
+    app.state.review_backlog = backlog
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     if settings.cors_origins:  # unset: same-origin only, no CORS headers at all
         app.add_middleware(
@@ -248,6 +255,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_exception_handler(StoreError, store_unavailable)
     app.include_router(api_router)
+    app.include_router(review.router)  # the review page's API, behind AIDETECT_REVIEWER_TOKEN
+    app.include_router(review.page_router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -95,3 +95,72 @@ class Health(BaseModel):
     status: str
     model_version: str | None
     build: str = Field("dev", description="the code this replica runs (AIDETECT_BUILD: the image's git sha)")
+
+
+# --- review (/v1/review/*, serving.routes.review) ---
+
+REVIEW_BATCH_MAX = 100  # most decisions in one POST /v1/review
+
+
+class ReviewScoreOut(BaseModel):
+    label: str | None = Field(description="the verdict: ai, real or uncertain")
+    probability: float | None = Field(description="calibrated P(ai)")
+    model_version: str | None
+
+
+class ReviewOtherOut(BaseModel):
+    id: str
+    client: str = Field(description="hashed client fingerprint")
+    claimed_label: Literal["ai", "real"]
+    status: str
+    created_at: datetime
+
+
+class ReviewItemOut(BaseModel):
+    id: str
+    image_sha256: str
+    image_url: str = Field(description="the image, behind the same reviewer token")
+    claimed_label: Literal["ai", "real"]
+    client: str = Field(description="hashed client fingerprint of who claimed it")
+    note: str | None
+    generator: str | None
+    created_at: datetime
+    age_seconds: float
+    status: str = Field(description="quarantined, or rejected while its image's clients disagree")
+    reason: str
+    conflict: bool = Field(description="clients disagree about this image")
+    then: ReviewScoreOut = Field(description="what the model said when the report was made")
+    now: ReviewScoreOut | None = Field(description="what the live model says of the image now (none: not scored)")
+    other_reports: list[ReviewOtherOut] = Field(description="the other reports of the same image")
+
+
+class ReviewQueueOut(BaseModel):
+    order: str = Field(description="the rule the items are ordered by")
+    total: int = Field(description="reports awaiting review (the items are the first `limit` of them)")
+    model_version: str | None = Field(description="the live model that scored `now`")
+    items: list[ReviewItemOut]
+
+
+class ReviewDecisionIn(BaseModel):
+    report_id: str = Field(min_length=1, max_length=64)
+    decision: Literal["accept", "reject"]
+    reason: str | None = Field(None, max_length=2000, description="kept with the decision")
+
+
+class ReviewIn(BaseModel):
+    decisions: list[ReviewDecisionIn] = Field(min_length=1, max_length=REVIEW_BATCH_MAX)
+    reviewer: str = Field(
+        "web", min_length=1, max_length=64, pattern=r"^[\w.@ -]+$", description="who decides (kept with each review)"
+    )
+
+
+class ReviewedOut(BaseModel):
+    report_id: str
+    decision: Literal["accept", "reject"]
+    status: str = Field(description="the report's status after the decision")
+
+
+class ReviewOut(BaseModel):
+    reviewer: str
+    reviewed: list[ReviewedOut]
+    backlog: int = Field(description="reports still awaiting review")

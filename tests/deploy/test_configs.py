@@ -374,6 +374,11 @@ def exported_metrics() -> set[str]:
     metrics.feedback.labels("quarantined").inc()
     metrics.batch_size.observe(1)
     metrics.shadow.labels("agree").inc()
+    from serving.review_backlog import ReviewBacklog
+
+    backlog = ReviewBacklog()  # registered beside Metrics by serving.app, as here
+    backlog.count, backlog.oldest = 3, 1.0
+    metrics.registry.register(backlog)
     names = set()
     for family in text_string_to_metric_families(metrics.render().decode()):
         names |= {sample.name for sample in family.samples}
@@ -605,7 +610,7 @@ def test_deploy_script_runs_every_step_when_piped_over_ssh(tmp_path: Path) -> No
         "docker compose up --detach --no-deps worker-cpu",
         "docker compose --profile gpu ps --quiet worker-gpu",
         "python3 deploy/rollout.py serving",
-        "docker compose up --detach --no-deps proxy prometheus grafana",
+        "docker compose up --detach --no-deps proxy prometheus grafana alertmanager",
         f"python3 - {sha} 8000",
     ]
     assert steps == expected, steps
