@@ -59,7 +59,7 @@ main() {
 
     # 4. The proxy and monitoring pick up changed settings (compose recreates only what changed;
     #    a changed deploy/haproxy.cfg alone needs `docker compose restart proxy`).
-    docker compose up --detach --no-deps proxy prometheus grafana </dev/null
+    docker compose up --detach --no-deps proxy prometheus grafana alertmanager </dev/null
 
     # 5. Every replica answering through the proxy runs this sha.
     local port

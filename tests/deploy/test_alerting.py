@@ -5,7 +5,7 @@
   from the environment; the entrypoint itself (shellcheck, a real ``sh`` run);
 - monitoring/prometheus.yml sends its alerts to the compose Alertmanager;
 - monitoring/alerts.yml: ``promtool test rules`` (tests/deploy/data/alerts-test.yml) for the
-  alert on Alertmanager's failed sends;
+  review backlog alerts and the one on Alertmanager's failed sends;
 - docker-compose.yml: every published port but the proxy's is bound to
   AIDETECT_OPERATOR_BIND, 127.0.0.1 unless .env says otherwise.
 """
@@ -172,7 +172,7 @@ def test_compose_runs_alertmanager_with_the_entrypoint_and_prometheus_uses_it() 
     assert "alertmanager" in compose["services"]["prometheus"]["depends_on"]
 
 
-def test_promtool_unit_tests_of_the_alerts() -> None:
+def test_promtool_unit_tests_of_the_review_backlog_alerts() -> None:
     promtool = _needs("promtool", "prometheus")
     result = subprocess.run(  # noqa: S603
         [promtool, "test", "rules", "alerts-test.yml"],
@@ -185,6 +185,9 @@ def test_promtool_unit_tests_of_the_alerts() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     alerts = yaml.safe_load((MONITORING / "alerts.yml").read_text())
     exprs = {rule["alert"]: rule["expr"] for group in alerts["groups"] for rule in group["rules"]}
+    assert "aidetect_review_backlog" in exprs["ReviewBacklogHigh"]
+    assert "aidetect_review_backlog_oldest_timestamp_seconds" in exprs["ReviewWaitingTooLong"]
+    assert "aidetect_review_backlog_read_errors_total" in exprs["ReviewBacklogUnreadable"]
     assert "alertmanager_notifications_failed_total" in exprs["AlertWebhookFailing"]
 
 
