@@ -212,6 +212,11 @@ class Settings(BaseSettings):
                 raise ValueError("notify_webhook_url must be an http:// or https:// URL")
         return value
 
+    @field_validator("reviewer_token", mode="before")
+    @classmethod
+    def _unset_reviewer_token(cls, value: object) -> object:
+        return None if value == "" else value  # compose passes an unset .env value as ""; "  " stays refused
+
     @field_validator("public_url", mode="before")
     @classmethod
     def _public_url(cls, value: object) -> object:

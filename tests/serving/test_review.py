@@ -259,3 +259,13 @@ def test_a_conflict_ends_when_a_reviewer_rejects_one_side() -> None:
     ]
     rejected = {ai.id: Review(ai.id, "reject", "r", START.isoformat())}
     assert [(w.record.id, w.conflict) for w in awaiting_review([ai, real], rejected, policy)] == [(real.id, False)]
+
+
+def test_an_empty_reviewer_token_is_unset_and_a_placeholder_is_refused() -> None:
+    """compose passes an unset .env value as "": review is off, serving starts; a placeholder is refused."""
+    from aidetect.settings import InsecureSettings, Settings
+
+    assert Settings(reviewer_token="", store_url="s3://bucket/prefix").reviewer_token is None  # type: ignore[arg-type]
+    Settings(reviewer_token="", store_url="s3://bucket/prefix").check_serving_security()  # type: ignore[arg-type]
+    with pytest.raises(InsecureSettings, match="AIDETECT_REVIEWER_TOKEN"):
+        Settings(reviewer_token="CHANGE_ME", store_url="s3://bucket/prefix").check_serving_security()  # type: ignore[arg-type]
