@@ -242,7 +242,6 @@ def drift_report_key(report_id: str, name: str) -> str:
     return drift_report_prefix(report_id) + name
 
 
-
 def parse_drift_report_key(key: str) -> tuple[str, str]:
     """(report id, file name) of a ``drift_report_key``; ValueError for any other key."""
     parts = key[len(DRIFT_REPORTS) :].split("/") if key.startswith(DRIFT_REPORTS) else []
