@@ -17,23 +17,13 @@ from pathlib import Path
 import pytest
 
 from deploy.requirements import requirements
+from tests.deploy.test_configs import _instructions
 
 ROOT = Path(__file__).resolve().parents[2]
 # each image and the extra it installs
 IMAGES = {"serving.Dockerfile": "serve", "worker.Dockerfile": "flows"}
 # what the dependency layer may be built from (a change to anything else must not rebuild it)
 DEPENDENCY_INPUTS = {"pyproject.toml", "requirements.lock", "deploy/requirements.py"}
-
-
-def _instructions(path: Path) -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", path.read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
 
 
 def _copied(rest: str) -> list[str]:
