@@ -57,7 +57,10 @@ def placeholder_problem(token: str) -> str | None:
 class Settings(BaseSettings):
     """Everything configurable, with the embedded default (local folder store) as default."""
 
-    model_config = SettingsConfigDict(env_prefix="AIDETECT_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a ValidationError's text (a worker's traceback, a Prefect run's state message)
+    # never echoes a value, so a bad webhook URL or token does not leak; `aidetect` names non-secret
+    # values itself from .errors() (cli.main._settings_problem).
+    model_config = SettingsConfigDict(env_prefix="AIDETECT_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     home: Path = Field(Path(".aidetect"), description="working folder: local store, caches, logs")
     store_url: str = Field(

@@ -137,6 +137,31 @@ def test_exit_codes_usage_2_runtime_1_with_one_line_and_a_traceback_only_with_de
     assert "invalid settings: AIDETECT_BATCH_MAX_SIZE='1000': Input should be less than or equal to 256" in err
 
 
+def test_a_bad_secret_setting_is_never_echoed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A webhook URL carries its token: refused, the error names the variable and never shows the value,
+    neither in `aidetect`'s line nor in the traceback a worker or `python -m flows.notifications` prints."""
+    token = os.urandom(8).hex()
+    bad = f"ftp://hooks.example.com/x?token={token}"
+    with pytest.raises(ValueError) as caught:
+        Settings(notify_webhook_url=bad)
+    assert "notify_webhook_url must be an http:// or https:// URL" in str(caught.value)
+    assert token not in str(caught.value) and token not in repr(caught.value)
+
+    monkeypatch.setenv("AIDETECT_NOTIFY_WEBHOOK_URL", bad)
+    code, out, err = run(capsys, "config", "show")
+    assert code == 1 and "AIDETECT_NOTIFY_WEBHOOK_URL: notify_webhook_url must be" in err
+    assert token not in out + err
+
+    env = {**os.environ, "AIDETECT_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.notifications"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0 and "notify_webhook_url must be an http:// or https:// URL" in result.stderr
+    assert token not in result.stdout + result.stderr
+
+
 def test_the_installed_command_exits_1_on_a_runtime_error_and_help_imports_nothing_heavy(tmp_path: Path) -> None:
     aidetect = Path(sys.executable).parent / "aidetect"
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AIDETECT_")}
